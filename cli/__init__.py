@@ -1,0 +1,1 @@
+"""The ``qtrain`` command line: one typer sub-app per noun, joined in ``main``."""

@@ -1,0 +1,44 @@
+"""``qtrain``: the qwen3-trainer command line. One sub-app per noun, one file each.
+
+Examples:
+    qtrain model list
+    qtrain convert hf-to-dcp ./Qwen3-0.6B ./ckpt/step-0
+    qtrain train configs/debug.yaml
+    qtrain job render k8s/jobs/debugmodel-cpu.yaml
+    qtrain pipeline run --preset tiny
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import typer
+
+app = typer.Typer(
+    name="qtrain",
+    help="Train Qwen3 models through the Qwen3 recipe, locally or on Kubernetes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+# noun -> module holding its typer sub-app (`app`); imported lazily so `qtrain --help` stays fast
+# and a noun whose extra dependencies are missing does not break the others.
+SUBCOMMANDS = {
+    "model": "qwen3_trainer.cli.model_cmd",
+    "convert": "qwen3_trainer.cli.convert_cmd",
+}
+
+
+def _register() -> None:
+    for noun, module in SUBCOMMANDS.items():
+        sub = importlib.import_module(module).app
+        app.add_typer(sub, name=noun)
+
+
+def main() -> None:
+    _register()
+    app()
+
+
+if __name__ == "__main__":
+    main()
