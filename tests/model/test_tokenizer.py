@@ -19,7 +19,7 @@ TEXTS = [
     "emoji 🤖🚀 and accents: cafe\u0301 naïve Ångström",  # combining accent -> NFC
     "  leading spaces, trailing   ",
     "I'm sure you'll see they've DON'T 'S",
-    "<tool_call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool_call><tool_response>ok</tool_response>",
+    '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call><tool_response>ok</tool_response>',
     "",
 ]
 
@@ -43,7 +43,13 @@ def test_known_ids(tok):
 
 
 def test_special_ids(tok):
-    assert (tok.endoftext, tok.pad, tok.im_start, tok.im_end, tok.eos) == (151643, 151643, 151644, 151645, 151645)
+    assert (tok.endoftext, tok.pad, tok.im_start, tok.im_end, tok.eos) == (
+        151643,
+        151643,
+        151644,
+        151645,
+        151645,
+    )
     assert (tok.think, tok.end_think) == (151667, 151668)
     assert tok.token_id("<tool_call>") == 151657 and tok.token_id("</tool_response>") == 151666
     assert set(tok.stop_ids) == {151643, 151645}
@@ -84,7 +90,11 @@ def test_hf_tokenizer_from_s3(hf_dir, monkeypatch):
     try:
         host, port = server.get_host_and_port()
         monkeypatch.setenv("AWS_ENDPOINT_URL_S3", f"http://{host}:{port}")
-        for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        for key, value in {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
             monkeypatch.setenv(key, value)
         s3 = boto3.client("s3", endpoint_url=f"http://{host}:{port}")
         s3.create_bucket(Bucket="tok")
