@@ -80,6 +80,11 @@ class Qwen3Tokenizer:
         """``encode`` over many texts, in parallel threads."""
         return self._encode_batch(list(texts), allow_special)
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
+        """Ids of ``text`` (special tokens recognised) and each token's start offset in characters,
+        counted in the NFC-normalised text."""
+        raise NotImplementedError
+
     def decode(self, ids: Sequence[int]) -> str:
         raise NotImplementedError
 
@@ -141,6 +146,10 @@ class TiktokenQwen3Tokenizer(Qwen3Tokenizer):
             return self._enc.encode_batch(texts, num_threads=self._threads, allowed_special="all")
         return self._enc.encode_ordinary_batch(texts, num_threads=self._threads)
 
+    def encode_with_offsets(self, text):
+        ids = self._encode(text, True)
+        return ids, self._enc.decode_with_offsets(ids)[1]
+
     def decode(self, ids):
         return self._enc.decode([int(i) for i in ids], errors="replace")
 
@@ -167,6 +176,11 @@ class HFQwen3Tokenizer(Qwen3Tokenizer):
     def _encode_batch(self, texts, allow_special):
         self._tok.encode_special_tokens = not allow_special
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_with_offsets(self, text):
+        self._tok.encode_special_tokens = False
+        enc = self._tok.encode(_nfc(text), add_special_tokens=False)
+        return enc.ids, [start for start, _ in enc.offsets]
 
     def decode(self, ids):
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
@@ -208,7 +222,7 @@ def hf_tokenizer_json() -> str:
     tok.normalizer = normalizers.NFC()
     data = json.loads(tok.to_str())
     for added in data["added_tokens"]:
-        added["special"] = added["content"].startswith("<|")
+        added["special"] = added["id"] <= QWEN3_SPECIAL["<|video_pad|>"]  # as Qwen3's tokenizer.json
     return json.dumps(data, ensure_ascii=False)
 
 

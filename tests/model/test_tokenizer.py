@@ -78,6 +78,7 @@ def test_hf_tokenizer_json_matches_builtin(tok, hf_dir):
     assert hf.encode_batch(TEXTS) == tok.encode_batch(TEXTS)
     for text in TEXTS:
         assert hf.decode(hf.encode(text)) == tok.decode(tok.encode(text))
+        assert hf.encode_with_offsets(text) == tok.encode_with_offsets(text)
     assert load_tokenizer(str(hf_dir / "tokenizer.json")).encode("Hello, world!") == [9707, 11, 1879, 0]
 
 
