@@ -1,0 +1,313 @@
+"""Batched autoregressive generation for the torchtitan Qwen3 (dense and MoE) with a KV cache.
+
+torchtitan's ``Attention`` has no cache, so ``CachedForward`` runs the same modules (``wq/wk/wv/wo``,
+``q_norm``/``k_norm``, the model's ``rope_cache``, ``feed_forward`` or ``moe``) through a cached path
+without forking the model class: one prefill over the left-padded prompts, then one token per step.
+Positions count real tokens only (left padding is skipped), as in transformers.
+
+Per sequence it stops on a stop id (``<|im_end|>``/``<|endoftext|>`` by default) or at
+``max_new_tokens``, and returns the generated ids, their log-probabilities under the model
+(log-softmax of the raw logits, temperature 1, before top-k/top-p: what an RL importance ratio needs),
+the lengths and the finish reason. Sampling: greedy (``temperature=0``), temperature, top-k, top-p.
+
+Thinking budget (Qwen3 report §4.3): once a sequence has ``thinking_budget`` tokens after ``<think>``
+without ``</think>``, the stop-thinking text is forced in, one token per step, and generation goes on
+with the answer. Forced tokens are flagged in ``forced`` so an RL loss can leave them out.
+
+``RolloutEngine`` is the interface RL codes against: ``LocalRolloutEngine`` wraps this module;
+``model.vllm_client.VLLMRolloutEngine`` talks to a vLLM OpenAI-compatible server instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+# Qwen3 report §4.3 wording (default) and the Qwen quickstart wording.
+STOP_THINKING_REPORT = (
+    "Considering the limited time by the user, I have to give the solution based on the thinking directly now."
+    "\n</think>.\n\n"
+)
+STOP_THINKING_QUICKSTART = (
+    "\n\nConsidering the limited time by the user, I have to give the solution based on the thinking directly "
+    "now.\n</think>\n\n"
+)
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0  # nucleus mass kept (1 = off)
+    top_k: int = 0  # most likely tokens kept (0 = off)
+    stop_ids: tuple[int, ...] | None = None  # None = the tokenizer's <|im_end|>, <|endoftext|>
+    thinking_budget: int | None = None  # thinking tokens before the stop-thinking text is forced in
+    stop_thinking_text: str = STOP_THINKING_REPORT
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.thinking_budget is not None and self.thinking_budget < 0:
+            raise ValueError(f"thinking_budget must be >= 0, got {self.thinking_budget}")
+
+
+@dataclass
+class GenerationOutput:
+    tokens: list[list[int]]  # generated ids per sequence, the stop id included
+    logprobs: list[list[float]]  # model log-prob of each generated id
+    forced: list[list[bool]]  # True where the id was inserted by the thinking budget
+    finish_reasons: list[str]  # "stop" or "length"
+    lengths: list[int] = field(init=False)
+
+    def __post_init__(self):
+        self.lengths = [len(t) for t in self.tokens]
+
+
+class RolloutEngine(Protocol):
+    """What RL needs from an inference engine: token ids in, ids + log-probs out."""
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> GenerationOutput: ...
+
+
+# ---------------------------------------------------------------- the cached forward
+
+
+def _rope(x: torch.Tensor, rope_cache: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """torchtitan's rotary embedding (rotate-half form) at explicit positions [B, S]."""
+    head_dim = x.shape[-1]
+    cs = rope_cache[positions].unsqueeze(2)  # [B, S, 1, 2*head_dim]
+    cos, sin = cs[..., :head_dim].to(x.dtype), cs[..., head_dim:].to(x.dtype)
+    rotated = torch.cat((-x[..., head_dim // 2 :], x[..., : head_dim // 2]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class CachedForward:
+    """A KV-cached forward over a torchtitan ``Qwen3Model``'s own modules."""
+
+    def __init__(self, model, batch: int, max_len: int):
+        self.model = model
+        p = next(model.parameters())
+        attn = model.layers["0"].attention
+        kv_heads = attn.wk.out_features // attn.head_dim
+        shape = (batch, kv_heads, max_len, attn.head_dim)
+        self.k = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in model.layers]
+        self.v = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in model.layers]
+        self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=p.device)
+        self.length = 0
+
+    def _attention(self, i: int, attn, x, positions, mask):
+        b, s, _ = x.shape
+        q = attn.wq(x).view(b, s, -1, attn.head_dim)
+        k = attn.wk(x).view(b, s, -1, attn.head_dim)
+        v = attn.wv(x).view(b, s, -1, attn.head_dim)
+        if attn.q_norm is not None:
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        rope = self.model.rope_cache
+        q, k = _rope(q, rope, positions).transpose(1, 2), _rope(k, rope, positions).transpose(1, 2)
+        end = self.length + s
+        self.k[i][:, :, self.length : end] = k
+        self.v[i][:, :, self.length : end] = v.transpose(1, 2)
+        out = F.scaled_dot_product_attention(
+            q,
+            self.k[i][:, :, :end],
+            self.v[i][:, :, :end],
+            attn_mask=mask,
+            scale=attn.scaling,
+            enable_gqa=True,
+        )
+        return attn.wo(out.transpose(1, 2).reshape(b, s, -1))
+
+    def __call__(self, tokens: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Logits [B, S, V] of ``tokens`` [B, S] appended to the cache; ``valid`` marks real tokens."""
+        b, s = tokens.shape
+        start, end = self.length, self.length + s
+        self.valid[:, start:end] = valid
+        q_pos = torch.arange(start, end, device=tokens.device)
+        k_pos = torch.arange(end, device=tokens.device)
+        causal = k_pos[None, :] <= q_pos[:, None]
+        mask = causal[None] & self.valid[:, None, :end]
+        mask = mask | (k_pos[None, :] == q_pos[:, None])[None]  # a pad row attends to itself: no NaN
+        mask = mask[:, None]  # [B, 1, S, end]
+        h = self.model.tok_embeddings(tokens)
+        for i, layer in enumerate(self.model.layers.values()):
+            h = h + self._attention(i, layer.attention, layer.attention_norm(h), positions, mask)
+            ffn = layer.moe if layer.moe_enabled else layer.feed_forward
+            h = h + ffn(layer.ffn_norm(h))
+        self.length = end
+        return self.model.output(self.model.norm(h))
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def _sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> torch.Tensor:
+    if p.temperature == 0:
+        return logits.argmax(-1)
+    logits = logits / p.temperature
+    if p.top_k:
+        kth = torch.topk(logits, min(p.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if p.top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= p.top_p  # keep the smallest prefix with mass >= top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+def _thinking_at_prompt_end(prompt: list[int], think: int, end_think: int, im_start: int) -> bool:
+    """Whether the prompt ends inside an open ``<think>`` of the current assistant turn."""
+    for tok in reversed(prompt):
+        if tok == end_think or tok == im_start:
+            return False
+        if tok == think:
+            return True
+    return False
+
+
+def _context(model) -> int:
+    return int(model.rope_cache.shape[0])
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    prompts: list[list[int]],
+    tokenizer=None,
+    params: SamplingParams | None = None,
+    **overrides,
+) -> GenerationOutput:
+    """Generate continuations of token-id ``prompts`` (a batch; any lengths) with ``model``.
+
+    ``params`` fields may also be given as keywords: ``generate(model, ids, max_new_tokens=32,
+    thinking_budget=100)``. The tokenizer (built-in Qwen3 one by default) supplies the stop ids and
+    the ids of the stop-thinking text.
+    """
+    params = params or SamplingParams()
+    if overrides:
+        params = SamplingParams(**{**params.__dict__, **overrides})
+    params.validate()
+    if tokenizer is None:
+        from qwen3_trainer.model.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer()
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("prompts must be a non-empty list of non-empty token-id lists")
+    stop_ids = set(params.stop_ids if params.stop_ids is not None else tokenizer.stop_ids)
+    forced_text = tokenizer.encode(params.stop_thinking_text) if params.thinking_budget is not None else []
+    b, plen = len(prompts), max(len(p) for p in prompts)
+    room = plen + params.max_new_tokens
+    if room > _context(model):
+        raise ValueError(
+            f"prompt of {plen} tokens + max_new_tokens {params.max_new_tokens} exceeds the model's context "
+            f"of {_context(model)} positions"
+        )
+    device = model.tok_embeddings.weight.device
+    gen = torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
+
+    tokens = torch.full((b, plen), tokenizer.pad, dtype=torch.long)
+    valid = torch.zeros((b, plen), dtype=torch.bool)
+    for i, p in enumerate(prompts):
+        tokens[i, plen - len(p) :] = torch.tensor(p)
+        valid[i, plen - len(p) :] = True
+    tokens, valid = tokens.to(device), valid.to(device)
+    positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+
+    was_training = model.training
+    model.eval()
+    counters = _save_moe_counters(model)
+    try:
+        cache = CachedForward(model, b, room)
+        logits = cache(tokens, valid, positions)[:, -1].float()
+        next_pos = positions[:, -1] + 1
+
+        out_tok: list[list[int]] = [[] for _ in range(b)]
+        out_lp: list[list[float]] = [[] for _ in range(b)]
+        out_forced: list[list[bool]] = [[] for _ in range(b)]
+        finish = ["length"] * b
+        done = [False] * b
+        thinking = [
+            _thinking_at_prompt_end(p, tokenizer.think, tokenizer.end_think, tokenizer.im_start)
+            for p in prompts
+        ]
+        think_count = [0] * b
+        budget = params.thinking_budget
+        queue = [list(forced_text) if t and budget == 0 else [] for t in thinking]
+        for _ in range(params.max_new_tokens):
+            sampled = _sample(logits, params, gen).tolist()
+            logp = logits.log_softmax(-1)
+            step = []
+            for i in range(b):
+                if done[i]:
+                    step.append(tokenizer.pad)
+                    continue
+                forced = bool(queue[i])
+                tok = queue[i].pop(0) if forced else sampled[i]
+                out_tok[i].append(tok)
+                out_lp[i].append(float(logp[i, tok]))
+                out_forced[i].append(forced)
+                step.append(tok)
+                if tok == tokenizer.think:
+                    thinking[i], think_count[i] = True, 0
+                elif tok == tokenizer.end_think:
+                    thinking[i] = False
+                elif thinking[i]:
+                    think_count[i] += 1
+                if (
+                    thinking[i]
+                    and budget is not None
+                    and think_count[i] >= budget
+                    and not queue[i]
+                    and not forced
+                ):
+                    queue[i] = list(forced_text)
+                if tok in stop_ids and not forced:
+                    done[i], finish[i] = True, "stop"
+            if all(done):
+                break
+            step_t = torch.tensor(step, device=device)[:, None]
+            alive = torch.tensor([not d for d in done], device=device)[:, None]
+            logits = cache(step_t, alive, next_pos[:, None])[:, -1].float()
+            next_pos = next_pos + 1
+    finally:
+        _restore_moe_counters(model, counters)
+        model.train(was_training)
+    return GenerationOutput(out_tok, out_lp, out_forced, finish)
+
+
+def _save_moe_counters(model) -> dict[str, torch.Tensor]:
+    # generation must not count as training traffic in the experts' load-balancing statistics
+    return {
+        name: layer.moe.tokens_per_expert.clone()
+        for name, layer in model.layers.items()
+        if getattr(layer, "moe_enabled", False)
+    }
+
+
+def _restore_moe_counters(model, saved: dict[str, torch.Tensor]) -> None:
+    for name, counts in saved.items():
+        model.layers[name].moe.tokens_per_expert.copy_(counts)
+
+
+class LocalRolloutEngine:
+    """``RolloutEngine`` on a local torchtitan model (small models, CPU or one GPU)."""
+
+    def __init__(self, model, tokenizer=None):
+        from qwen3_trainer.model.tokenizer import load_tokenizer
+
+        self.model = model
+        self.tokenizer = tokenizer or load_tokenizer()
+
+    def generate(self, prompts: list[list[int]], params: SamplingParams) -> GenerationOutput:
+        return generate(self.model, prompts, self.tokenizer, params)
