@@ -1,0 +1,106 @@
+"""On-disk state of local jobs, shared by the local launcher (any process) and its supervisor.
+
+Layout, under ``$QTRAIN_HOME/jobs/<name>/`` (``QTRAIN_HOME`` defaults to ``~/.qtrain``)::
+
+    manifest.yaml        the rendered objects (ConfigMap + PyTorchJob), exactly what k8s would get
+    state.json           JobStatus + local details, rewritten atomically by the supervisor
+    volumes/<volume>/    ConfigMap volumes as files (the trainer's /etc/qtrain/config.yaml lands here)
+    logs/<pod>.log       each replica's stdout+stderr, appended across restarts
+    supervisor.log       the supervisor's own record
+
+Processes are found by environment markers (``/proc/<pid>/environ``): replicas and everything they
+start carry ``QTRAIN_LOCAL_JOB=<uid>``, the supervisor carries ``QTRAIN_LOCAL_SUPERVISOR=<uid>``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel
+
+from qwen3_trainer.platform.jobs.status import JobStatus
+
+JOB_MARKER = "QTRAIN_LOCAL_JOB"
+SUPERVISOR_MARKER = "QTRAIN_LOCAL_SUPERVISOR"
+
+
+class LocalState(BaseModel):
+    status: JobStatus
+    uid: str
+    cwd: str                          # the replicas' working directory (the submitter's)
+    gpus: list[str] | None = None     # device ids handed out to replicas, None for CPU jobs
+    labels: dict[str, str] = {}
+
+
+def home() -> Path:
+    return Path(os.environ.get("QTRAIN_HOME") or Path.home() / ".qtrain")
+
+
+def jobs_root(root: Path | None = None) -> Path:
+    return (root or home()) / "jobs"
+
+
+def read_state(job_dir: Path) -> LocalState:
+    return LocalState.model_validate_json((job_dir / "state.json").read_text())
+
+
+def write_state(job_dir: Path, state: LocalState) -> None:
+    tmp = job_dir / f".state.{os.getpid()}.tmp"
+    tmp.write_text(state.model_dump_json(indent=1))
+    os.replace(tmp, job_dir / "state.json")
+
+
+def read_manifest(job_dir: Path) -> dict:
+    """The PyTorchJob of the job's manifest."""
+    docs = list(yaml.safe_load_all((job_dir / "manifest.yaml").read_text()))
+    return next(d for d in docs if d["kind"] == "PyTorchJob")
+
+
+def log_path(job_dir: Path, pod: str) -> Path:
+    path = job_dir / "logs" / f"{pod}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _pids_with(marker: str, uid: str) -> list[int]:
+    needle = f"{marker}={uid}".encode()
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    pids.append(int(entry.name))
+        except OSError:             # gone, a zombie, or not ours
+            continue
+    return pids
+
+
+def job_pids(uid: str) -> list[int]:
+    """Live processes of a job's replicas (torchrun agents, their workers, anything they started)."""
+    return _pids_with(JOB_MARKER, uid)
+
+
+def supervisor_pids(uid: str) -> list[int]:
+    return _pids_with(SUPERVISOR_MARKER, uid)
+
+
+def signal_job(uid: str, sig: int) -> None:
+    for pid in job_pids(uid):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def kill_all(uid: str) -> None:
+    """Backstop for cancel: SIGKILL the supervisor and every replica process of the job."""
+    for pid in supervisor_pids(uid) + job_pids(uid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
