@@ -4,6 +4,8 @@ sampling controls, stop ids, and the thinking budget on a model rigged to think 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import transformers
@@ -17,6 +19,7 @@ from qwen3_trainer.model.generation import (
     RolloutEngine,
     SamplingParams,
 )
+from qwen3_trainer.model.vllm_client import VLLMRolloutEngine
 
 QUESTIONS = ["Hi", "What is the capital of France? Explain step by step.", "2+2"]
 
@@ -186,3 +189,77 @@ def test_bad_generation_input(tok):
         generate(model, [[1]], tok, thinking_budget=-1)
     with pytest.raises(ValueError, match="non-empty"):
         generate(model, [[]], tok)
+
+
+class _CompletionsServer:
+    """An OpenAI-compatible ``/v1/completions`` endpoint (the subset vLLM serves for token-id prompts)
+    backed by the local engine: the stand-in for a vLLM server, which needs a GPU."""
+
+    def __init__(self, model, tok):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        lock, requests = threading.Lock(), []
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                requests.append(body)
+                assert self.path == "/v1/completions" and body["return_tokens_as_token_ids"] is True
+                params = SamplingParams(
+                    max_new_tokens=body["max_tokens"], temperature=body["temperature"], top_p=body["top_p"],
+                    top_k=max(0, body["top_k"]), stop_ids=tuple(body["stop_token_ids"]),
+                )  # fmt: skip
+                with lock:
+                    out = generate(model, [body["prompt"]], tok, params)
+                choice = {
+                    "index": 0,
+                    "text": tok.decode(out.tokens[0]),
+                    "finish_reason": out.finish_reasons[0],
+                    "logprobs": {
+                        "tokens": [f"token_id:{t}" for t in out.tokens[0]],
+                        "token_logprobs": out.logprobs[0],
+                    },
+                }
+                data = json.dumps({"object": "text_completion", "choices": [choice]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.requests = requests
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def test_vllm_client_equals_local_engine(tok):
+    model = rigged_to_think_forever(tok)
+    server = _CompletionsServer(model, tok)
+    try:
+        engine = VLLMRolloutEngine(server.url, "qwen3-debug", tok)
+        thinking = chat_prompts(tok, ["Prove it."])[0] + tok.encode("<think>\n")
+        prompts = [thinking, chat_prompts(tok, ["Hi"], enable_thinking=False)[0]]
+        for params in (
+            SamplingParams(max_new_tokens=20),
+            SamplingParams(max_new_tokens=40, thinking_budget=7),
+        ):
+            remote, local = engine.generate(prompts, params), generate(model, prompts, tok, params)
+            assert remote.tokens == local.tokens and remote.forced == local.forced
+            assert remote.finish_reasons == local.finish_reasons
+            for r, loc, f in zip(remote.logprobs, local.logprobs, remote.forced, strict=True):
+                sampled = [(a, b) for a, b, forced in zip(r, loc, f, strict=True) if not forced]
+                assert all(abs(a - b) < 1e-4 for a, b in sampled)
+        assert any(f for f in remote.forced[0]) and len(server.requests) > 4  # the budget split the request
+    finally:
+        server.httpd.shutdown()
+
+
+def test_vllm_client_reports_server_errors(tok):
+    engine = VLLMRolloutEngine("http://127.0.0.1:9", "m", tok, timeout_s=2)
+    with pytest.raises(OSError):
+        engine.generate([[1, 2]], SamplingParams(max_new_tokens=2))
