@@ -10,6 +10,10 @@ global batch. Each rank builds only its own rows.
 The loader's whole state is the number of global rows consumed (plus a fingerprint of the data it
 was counted against), so ``load_state_dict`` restores the exact next batches, also onto a different
 ``dp_world`` as long as the global order is the same data.
+
+Stages change the mix: a new stage builds a loader from its own ``DataConfig`` and calls
+``continue_from(previous_stage_state)``, so a source the stages share (same name, files, kind,
+seq_len and seed) continues after the rows the earlier stage used instead of replaying them.
 """
 
 from __future__ import annotations
@@ -78,17 +82,21 @@ def prepare_cache(cfg: DataConfig, tokenizer, render_chat: ChatRenderer | None =
                                                                                 render_chat))[1]
 
 
-def _fingerprint(cfg: DataConfig, files: dict[str, list[DataFile]], tok_fp: str) -> str:
-    spec = {"kind": cfg.kind, "seq_len": cfg.seq_len, "seed": cfg.seed, "tokenizer": tok_fp,
-            "sources": [{"name": s.name, "weight": s.weight, "field": s.field,
-                         "files": [[f.url, f.identity] for f in files[s.name]]} for s in cfg.sources]}
+def _hash(spec: object) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _source_fingerprints(cfg: DataConfig, files: dict[str, list[DataFile]], tok_fp: str) -> list[str]:
+    """Per source: everything that fixes its own row sequence (not its weight)."""
+    return [_hash({"kind": cfg.kind, "seq_len": cfg.seq_len, "seed": cfg.seed, "tokenizer": tok_fp,
+                   "name": s.name, "field": s.field, "files": [[f.url, f.identity] for f in files[s.name]]})
+            for s in cfg.sources]
 
 
 class Loader:
     """Yields this rank's micro-batches step by step; see the module docstring for the order."""
 
-    def __init__(self, cfg: DataConfig, rows: list, infos: list[SourceInfo], fingerprint: str, *,
+    def __init__(self, cfg: DataConfig, rows: list, infos: list[SourceInfo], source_fps: list[str], *,
                  micro_batch_size: int, grad_accum: int, dp_rank: int, dp_world: int):
         self.cfg = cfg
         self.names = [s.name for s in cfg.sources]
@@ -97,8 +105,10 @@ class Loader:
         self._mixture = Mixture([s.weight for s in cfg.sources], cfg.seed)
         self.micro_batch_size, self.grad_accum = micro_batch_size, grad_accum
         self.dp_rank, self.dp_world = dp_rank, dp_world
-        self.fingerprint = fingerprint
+        self.source_fingerprints = source_fps
+        self.fingerprint = _hash([source_fps, [s.weight for s in cfg.sources]])
         self.rows_consumed = 0
+        self.source_offsets = [0] * len(rows)  # rows of each source used by earlier stages
 
     @property
     def global_batch_rows(self) -> int:
@@ -120,11 +130,14 @@ class Loader:
         sources, local = self._mixture.rows(first, first + self.global_batch_rows)
         batches = []
         for ids in self.rank_row_ids(first):
-            built = [self._rows[sources[i - first]].row(int(local[i - first])) for i in ids]
+            built = [self._source_row(int(sources[i - first]), int(local[i - first])) for i in ids]
             tokens, mask, seg_start = (np.stack(parts) for parts in zip(*built, strict=True))
             batches.append(rows_to_batch(tokens, mask, seg_start))
         self.rows_consumed = first + self.global_batch_rows
         return batches
+
+    def _source_row(self, source: int, k: int):
+        return self._rows[source].row(self.source_offsets[source] + k)
 
     def __iter__(self):
         while True:
@@ -132,16 +145,24 @@ class Loader:
 
     def state_dict(self) -> dict:
         """Plain JSON-able state for the checkpoint."""
+        counts = self._mixture.counts(self.rows_consumed)
         return {"version": STATE_VERSION, "fingerprint": self.fingerprint, "rows_consumed": self.rows_consumed,
                 "global_batch_rows": self.global_batch_rows,
+                "source_offsets": dict(zip(self.names, self.source_offsets, strict=True)),
+                # rows each source has used in total: what a later stage continues from
+                "sources": {name: {"fingerprint": fp, "rows": off + int(n)} for name, fp, off, n in
+                            zip(self.names, self.source_fingerprints, self.source_offsets, counts, strict=True)},
                 "data": {"kind": self.cfg.kind, "seq_len": self.cfg.seq_len, "seed": self.cfg.seed,
                          "weights": {s.name: s.weight for s in self.cfg.sources}}}
 
+    @staticmethod
+    def _check_version(state: object) -> None:
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise DataError(f"not a data-loader state of version {STATE_VERSION}: {str(state)[:80]}")
+
     def load_state_dict(self, state: dict) -> None:
         """Continue exactly where ``state`` was taken; refuses state of different data."""
-        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
-            raise DataError(f"not a data-loader state of version {STATE_VERSION}: "
-                            f"{str(state)[:80]}")
+        self._check_version(state)
         if state.get("fingerprint") != self.fingerprint:
             now = self.state_dict()["data"]
             diff = [f"{k}: saved {state.get('data', {}).get(k)!r}, now {v!r}" for k, v in now.items()
@@ -150,7 +171,28 @@ class Loader:
         rows = state.get("rows_consumed")
         if not isinstance(rows, int) or rows < 0:
             raise DataError(f"data-loader state: bad rows_consumed {rows!r}")
+        offsets = state.get("source_offsets", {})
+        if sorted(offsets) != sorted(self.names) or not all(isinstance(v, int) and v >= 0 for v in offsets.values()):
+            raise DataError(f"data-loader state: bad source_offsets {offsets!r}")
         self.rows_consumed = rows
+        self.source_offsets = [offsets[name] for name in self.names]
+
+    def continue_from(self, previous_stage: dict) -> dict[str, int]:
+        """Start this stage where ``previous_stage`` (a ``state_dict`` of another config) left each source.
+
+        Sources with the same name and data continue after the rows already used; others start at 0.
+        Returns the carried offsets by source name.
+        """
+        self._check_version(previous_stage)
+        if self.rows_consumed:
+            raise DataError("continue_from must be called before the first step of a stage")
+        before = previous_stage.get("sources", {})
+        carried = {}
+        for i, (name, fp) in enumerate(zip(self.names, self.source_fingerprints, strict=True)):
+            prev = before.get(name)
+            if isinstance(prev, dict) and prev.get("fingerprint") == fp and isinstance(prev.get("rows"), int):
+                self.source_offsets[i] = carried[name] = prev["rows"]
+        return carried
 
     def mix_report(self) -> dict[str, dict]:
         """Realized mix so far: rows per source, their share vs the target weight, and the epoch."""
@@ -158,9 +200,9 @@ class Loader:
         total = max(int(counts.sum()), 1)
         report = {}
         for i, name in enumerate(self.names):
-            n = int(counts[i])
+            n, used = int(counts[i]), self.source_offsets[i] + int(counts[i])
             report[name] = {"rows": n, "fraction": n / total, "target": self._mixture.weights[i],
-                            "epoch": self._rows[i].epoch_of(n - 1) if n else 0}
+                            "epoch": self._rows[i].epoch_of(used - 1) if used else 0}
         return report
 
 
@@ -192,5 +234,5 @@ def build_loader(cfg: DataConfig, tokenizer, *, micro_batch_size: int, grad_accu
                                          tokenizer.endoftext))
         except ValueError as exc:
             raise DataError(str(exc)) from exc
-    return Loader(cfg, rows, infos, _fingerprint(cfg, files, tok_fp), micro_batch_size=micro_batch_size,
+    return Loader(cfg, rows, infos, _source_fingerprints(cfg, files, tok_fp), micro_batch_size=micro_batch_size,
                   grad_accum=grad_accum, dp_rank=dp_rank, dp_world=dp_world)

@@ -8,9 +8,11 @@ order. Every error about a file is one line naming the source and the path.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -39,6 +41,22 @@ class DataFile:
     identity: str  # size + mtime (local) or size + ETag (object stores)
 
 
+@functools.lru_cache(maxsize=8)
+def _remote_fs(protocol: str, _env: tuple):
+    return storage.filesystem(f"{protocol}://")[0]
+
+
+def filesystem(url: str):
+    """``storage.filesystem``, reusing one client per protocol and S3 environment: opening an s3fs
+    client costs a new session (~0.2 s), and a build touches every file several times."""
+    if not storage.is_remote(url):
+        return storage.filesystem(url)
+    env = tuple(os.environ.get(k) for k in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                             "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_MAX_ATTEMPTS"))
+    fs = _remote_fs(url.split("://", 1)[0], env)
+    return fs, fs._strip_protocol(url)
+
+
 def _format_of(source: DataSource, url: str) -> str | None:
     if source.format:
         return source.format
@@ -51,7 +69,7 @@ def _identity(info: dict) -> str:
 
 
 def _expand(source: DataSource, path: str) -> list[tuple[str, dict]]:
-    fs, stripped = storage.filesystem(path)
+    fs, stripped = filesystem(path)
     protocol = path.split("://", 1)[0] + "://" if storage.is_remote(path) else ""
     if any(ch in stripped for ch in "*?["):
         found = fs.glob(stripped, detail=True)
@@ -78,8 +96,9 @@ def resolve_files(source: DataSource) -> list[DataFile]:
     for path in source.paths:
         try:
             matches = _expand(source, path)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"data source {source.name!r}: cannot list {path}: {exc}") from exc
+        except Exception as exc:  # object stores raise their own (e.g. botocore) errors
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"data source {source.name!r}: cannot list {path}: {first}") from exc
         usable = [(url, info) for url, info in matches if _format_of(source, url)]
         if not usable:
             what = "no data files" if not matches else "no .jsonl/.jsonl.gz/.parquet files"
@@ -98,7 +117,7 @@ def validate_sources(cfg: DataConfig) -> dict[str, list[DataFile]]:
 
 
 def _open_text(file: DataFile) -> io.TextIOBase:
-    fs, path = storage.filesystem(file.url)
+    fs, path = filesystem(file.url)
     raw = fs.open(path, "rb")
     if file.url.endswith(".gz"):
         raw = gzip.GzipFile(fileobj=raw)
@@ -134,7 +153,7 @@ def _jsonl_records(file: DataFile, field: str) -> Iterator[object]:
 
 
 def _parquet_records(file: DataFile, field: str) -> Iterator[object]:
-    fs, path = storage.filesystem(file.url)
+    fs, path = filesystem(file.url)
     with fs.open(path, "rb") as fh:
         try:
             pf = pq.ParquetFile(fh)

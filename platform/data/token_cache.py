@@ -33,7 +33,7 @@ import numpy as np
 
 from qwen3_trainer.model import storage
 
-from .sources import CACHE_SUFFIX, DataError, DataFile, read_records
+from .sources import CACHE_SUFFIX, DataError, DataFile, filesystem, read_records
 
 CACHE_VERSION = 1
 PROBE_TEXT = "Qwen3 probe: Hello, world! 1234 <|endoftext|> naïve café\n\tüber"
@@ -96,20 +96,19 @@ def _locations(file: DataFile, cache_dir: str) -> list[str]:
 
 
 def _load(location: str, key: str, sft: bool) -> TokenShard | None:
-    manifest = storage.join(location, f"{key}.json") if storage.is_remote(location) else \
-        os.path.join(location, f"{key}.json")
-    try:
-        if not storage.exists(manifest):
-            return None
-    except OSError:
-        return None
     names = ["tokens", "offsets"] + (["mask"] if sft else [])
-    arrays = {}
-    for name in names:
-        if storage.is_remote(location):
-            arrays[name] = np.load(io.BytesIO(storage.read_bytes(storage.join(location, f"{key}.{name}.npy"))))
-        else:
-            arrays[name] = np.load(os.path.join(location, f"{key}.{name}.npy"), mmap_mode="r")
+    if not storage.is_remote(location):
+        if not os.path.isfile(os.path.join(location, f"{key}.json")):
+            return None
+        arrays = {n: np.load(os.path.join(location, f"{key}.{n}.npy"), mmap_mode="r") for n in names}
+    else:
+        fs, base = filesystem(location)
+        try:
+            fs.cat_file(f"{base}/{key}.json")
+        except (FileNotFoundError, PermissionError):
+            return None
+        blobs = fs.cat([f"{base}/{key}.{n}.npy" for n in names])  # one concurrent fetch
+        arrays = {n: np.load(io.BytesIO(blobs[f"{base}/{key}.{n}.npy"])) for n in names}
     return TokenShard(arrays["tokens"], arrays["offsets"], arrays.get("mask"), location, built=False)
 
 
@@ -122,7 +121,7 @@ def _write(location: str, key: str, arrays: dict[str, np.ndarray], manifest: dic
         blobs[f"{key}.{name}.npy"] = buf.getvalue()
     blobs[f"{key}.json"] = json.dumps(manifest, indent=1).encode()
     if storage.is_remote(location):
-        fs, base = storage.filesystem(location)
+        fs, base = filesystem(location)
         for name, data in blobs.items():  # manifest is last in the dict: the commit marker
             fs.pipe_file(f"{base}/{name}", data)
         return
