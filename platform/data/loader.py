@@ -102,7 +102,10 @@ class Loader:
         self.names = [s.name for s in cfg.sources]
         self.sources_info = infos
         self._rows = rows  # PretrainRows | SftRows per source, in cfg order
-        self._mixture = Mixture([s.weight for s in cfg.sources], cfg.seed)
+        try:
+            self._mixture = Mixture([s.weight for s in cfg.sources], cfg.seed)
+        except ValueError as exc:
+            raise DataError(str(exc)) from exc
         self.micro_batch_size, self.grad_accum = micro_batch_size, grad_accum
         self.dp_rank, self.dp_world = dp_rank, dp_world
         self.source_fingerprints = source_fps

@@ -18,6 +18,7 @@ import math
 import numpy as np
 
 SCALE = 10**9  # weights become integers so the apportionment is exact and platform independent
+MAX_BLOCK = 2**20  # a block is materialised as arrays of this many rows
 
 
 class Mixture:
@@ -27,6 +28,9 @@ class Mixture:
         ints = [max(1, round(w / total * SCALE)) for w in weights]
         self._w, self._total = ints, sum(ints)
         self.block = max(min_block, math.ceil(self._total / min(ints)))
+        if self.block > MAX_BLOCK:
+            raise ValueError(f"mixture weights too uneven: the smallest share is {min(ints) / self._total:.2e} "
+                             f"(at least {1 / MAX_BLOCK:.0e} needed)")
         self.seed = seed
         self._memo: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 

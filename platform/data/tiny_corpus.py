@@ -43,7 +43,7 @@ def _sentence(rng: random.Random) -> str:
     tail = f" near {rng.choice(PLACES)}" if rng.random() < 0.4 else ""
     text = f"{subject}{adv} {rng.choice(VERBS)} {_np(rng)}{tail}."
     if rng.random() < 0.2:
-        text = f"{rng.choice(CONNECTIVES)} {text[0].lower()}{text[1:]}"
+        text = f"{rng.choice(CONNECTIVES)} {text if subject in NAMES else text[0].lower() + text[1:]}"
     return text
 
 

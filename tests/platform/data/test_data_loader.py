@@ -243,3 +243,8 @@ def test_unreachable_s3_is_one_line(monkeypatch):
                                         r"Could not connect") as err:
         validate_sources(cfg)
     assert "\n" not in str(err.value)
+
+
+def test_too_uneven_weights_are_refused(corpus, tok):
+    with pytest.raises(DataError, match="mixture weights too uneven"):
+        build_loader(_cfg(corpus, weights=(1e7, 1, 1)), tok, micro_batch_size=1)
