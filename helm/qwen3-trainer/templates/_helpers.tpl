@@ -100,7 +100,7 @@ imagePullSecrets:
 {{/* The Secret holding AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, or "" under workload identity. */}}
 {{- define "qwen3-trainer.s3SecretName" -}}
 {{- if .Values.objectStore.enabled }}
-{{- include "qwen3-trainer.componentName" (dict "ctx" . "component" "object-store") }}
+{{- default (include "qwen3-trainer.componentName" (dict "ctx" . "component" "object-store")) .Values.objectStore.existingSecret }}
 {{- else if eq .Values.s3.auth "secret" }}
 {{- .Values.s3.credentialsSecret }}
 {{- end }}
