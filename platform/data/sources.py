@@ -124,8 +124,8 @@ def _open_text(file: DataFile) -> io.TextIOBase:
     return io.TextIOWrapper(raw, encoding="utf-8")
 
 
-def _check(file: DataFile, where: str, field: str, value: object) -> object:
-    if field == "messages":
+def _check(file: DataFile, where: str, field: str, chat: bool, value: object) -> object:
+    if chat:
         ok = isinstance(value, list) and all(
             isinstance(m, dict) and isinstance(m.get("role"), str) for m in value) and len(value) > 0
         want = "a non-empty list of {role, content} messages"
@@ -138,7 +138,7 @@ def _check(file: DataFile, where: str, field: str, value: object) -> object:
     return value
 
 
-def _jsonl_records(file: DataFile, field: str) -> Iterator[object]:
+def _jsonl_records(file: DataFile, field: str, chat: bool) -> Iterator[object]:
     with _open_text(file) as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -149,10 +149,10 @@ def _jsonl_records(file: DataFile, field: str) -> Iterator[object]:
                 raise DataError(f"data source {file.source!r}: {file.url}:{lineno}: invalid JSON "
                                 f"({exc.msg})") from exc
             value = record.get(field) if isinstance(record, dict) else None
-            yield _check(file, f":{lineno}", field, value)
+            yield _check(file, f":{lineno}", field, chat, value)
 
 
-def _parquet_records(file: DataFile, field: str) -> Iterator[object]:
+def _parquet_records(file: DataFile, field: str, chat: bool) -> Iterator[object]:
     fs, path = filesystem(file.url)
     with fs.open(path, "rb") as fh:
         try:
@@ -166,16 +166,17 @@ def _parquet_records(file: DataFile, field: str) -> Iterator[object]:
         for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[field]):
             for value in batch.column(0).to_pylist():
                 row += 1
-                yield _check(file, f" row {row}", field, value)
+                yield _check(file, f" row {row}", field, chat, value)
 
 
-def read_records(file: DataFile, field: str) -> Iterator[object]:
-    """The ``field`` value of every record of ``file``, in file order."""
+def read_records(file: DataFile, field: str, chat: bool = False) -> Iterator[object]:
+    """The ``field`` value of every record of ``file``, in file order: a string, or (``chat``) a list
+    of ``{role, content}`` messages."""
     try:
         if file.format == "parquet":
-            yield from _parquet_records(file, field)
+            yield from _parquet_records(file, field, chat)
         else:
-            yield from _jsonl_records(file, field)
+            yield from _jsonl_records(file, field, chat)
     except FileNotFoundError as exc:
         raise DataError(f"data source {file.source!r}: file vanished: {file.url}") from exc
     except UnicodeDecodeError as exc:

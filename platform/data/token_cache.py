@@ -149,7 +149,7 @@ def _tokenize(file: DataFile, field: str, kind: str, tokenizer, render_chat: Cha
             mask_parts.append(np.asarray(mask, dtype=np.uint8))
 
     pending: list[str] = []
-    for index, value in enumerate(read_records(file, field)):
+    for index, value in enumerate(read_records(file, field, chat=kind == "sft")):
         if kind == "sft":
             try:
                 ids, mask = render_chat(value)

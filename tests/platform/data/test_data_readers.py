@@ -54,7 +54,7 @@ def test_parquet_text_and_messages(tmp_path, tok):
     assert _docs(loader) == [tok.encode(t, allow_special=False) for t in TEXTS]
     pq.write_table(pa.table({"messages": CHATS}), tmp_path / "c.parquet")
     records = list(read_records(resolve_files(DataSource(name="c", paths=[str(tmp_path / "c.parquet")],
-                                                         field="messages"))[0], "messages"))
+                                                         field="messages"))[0], "messages", chat=True))
     assert records == CHATS
 
 
@@ -185,3 +185,40 @@ def test_config_rejects_bad_values():
         DataSource(name="a b", paths=["x"])
     with pytest.raises(ValidationError, match="format"):
         DataSource(name="a", paths=["x"], format="csv")
+
+
+def test_ranks_building_a_cold_cache_at_once_agree(tmp_path, tok):
+    """Without prepare_cache + barrier every rank tokenises; the atomic writes keep the cache valid."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from qwen3_trainer.platform.data.tiny_corpus import write_tiny_corpus
+
+    write_tiny_corpus(str(tmp_path / "c"), megabytes=0.05, shards=2, seed=5)
+    cfg = _cfg([str(tmp_path / "c")])
+    with ThreadPoolExecutor(4) as pool:
+        loaders = list(pool.map(lambda r: build_loader(cfg, tok, micro_batch_size=1, dp_rank=r, dp_world=4),
+                                range(4)))
+    assert all(_docs(x) == _docs(loaders[0]) for x in loaders)
+    reread = build_loader(cfg, tok, micro_batch_size=1)
+    assert reread.sources_info[0].built == 0 and _docs(reread) == _docs(loaders[0])
+    leftovers = [p.name for p in (tmp_path / "c").glob("*.qwen3-tokens/*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_kind_decides_what_a_record_must_hold(tmp_path, tok, write_jsonl):
+    write_jsonl(tmp_path / "c.jsonl", [{"messages": CHATS[0]}])
+    with pytest.raises(DataError, match=r"c\.jsonl:1: field 'messages' must be a string \(got list\)"):
+        build_loader(_cfg([str(tmp_path / "c.jsonl")], field="messages"), tok, micro_batch_size=1)
+    write_jsonl(tmp_path / "t.jsonl", [{"text": "Hello"}])
+    with pytest.raises(DataError, match=r"t\.jsonl:1: field 'text' must be a non-empty list of"):
+        build_loader(_cfg([str(tmp_path / "t.jsonl")], kind="sft"), tok, micro_batch_size=1)
+
+
+def test_prepare_cache_then_build_reuses_it(tmp_path, tok, write_jsonl):
+    from qwen3_trainer.platform.data import prepare_cache
+
+    write_jsonl(tmp_path / "a.jsonl", [{"text": t} for t in TEXTS])
+    cfg = _cfg([str(tmp_path / "a.jsonl")])
+    (info,) = prepare_cache(cfg, tok)
+    assert (info.built, info.docs) == (1, 4)
+    assert build_loader(cfg, tok, micro_batch_size=1).sources_info[0].cached == 1
