@@ -8,7 +8,7 @@ import re
 
 import pytest
 import yaml
-from conftest import NAMESPACE, helm_template, load_docs
+from conftest import CHART, NAMESPACE, RELEASE, VALUES_FILES, helm_template, load_docs, run
 from k8s_objects import by_kind, containers, env_of, find, pod_specs
 
 PREFIX = "qwen3-qwen3-trainer"
@@ -188,3 +188,36 @@ def test_names_fit_63_characters_and_carry_standard_labels(helm):
     assert len(set(keys)) == len(keys)  # truncation never merges two objects
     # the component suffix survives truncation, the release part is cut
     assert any(name.endswith("-object-store-bucket") and len(name) == 63 for _, name in keys)
+
+
+def test_prefect_server_on_an_external_database(helm):
+    done = helm_template(helm, "--set", "prefect.server.database.externalUrlSecret=prefect-db",
+                         "--set", "postgresql.enabled=false")
+    assert done.returncode == 0, done.stderr
+    objects = load_docs(done.stdout)
+    env = env_of(_container(objects, "Deployment", "-prefect-server"))
+    assert _secret_ref(env["PREFECT_SERVER_DATABASE_CONNECTION_URL"]) == ("prefect-db", "url")
+    assert "PREFECT_SERVER_DATABASE_HOST" not in env
+    # MLflow falls back to its sqlite volume; Prefect needs none
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    assert ("PersistentVolumeClaim", f"{PREFIX}-mlflow-sqlite") in kinds
+    assert ("PersistentVolumeClaim", f"{PREFIX}-prefect-server-sqlite") not in kinds
+    assert not by_kind(objects, "StatefulSet")
+
+
+@pytest.mark.parametrize("values", ["default", "all-on-values"])
+def test_notes_say_how_to_reach_each_ui_and_submit(helm, values):
+    path = VALUES_FILES[values]
+    done = run([helm, "install", RELEASE, CHART, "--namespace", NAMESPACE, "--dry-run=client",
+                *(["-f", path] if path else [])])
+    assert done.returncode == 0, done.stderr
+    notes = done.stdout.split("NOTES:", 1)[1]
+    assert "kubectl apply --server-side -k k8s/operator/" in notes
+    assert 'work pool "qwen3-k8s"' in notes and "prefect deployment run" in notes
+    if values == "default":
+        assert f"port-forward svc/{PREFIX}-prefect-server 4200:4200" in notes
+        assert f"port-forward svc/{PREFIX}-mlflow 5000:5000" in notes
+        assert "create secret generic qwen3-trainer-s3" in notes
+    else:
+        assert "https://prefect.ci.example.com" in notes and "https://mlflow.ci.example.com" in notes
+        assert f"http://{PREFIX}-object-store:9000" in notes

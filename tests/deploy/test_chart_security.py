@@ -8,6 +8,7 @@ import base64
 import re
 
 import pytest
+from conftest import helm_template, load_docs
 from k8s_objects import by_kind, containers, env_of, find, pod_specs
 
 ROLE_RULES = {  # (apiGroup, resource) -> verbs: what the worker and its flow runs do, nothing more
@@ -57,7 +58,6 @@ def test_role_grants_exactly_the_needed_verbs(all_manifests, source):
 
 
 def test_rbac_off_renders_no_role(helm):
-    from conftest import helm_template, load_docs
     done = helm_template(helm, "--set", "rbac.create=false")
     assert done.returncode == 0, done.stderr
     assert not {o["kind"] for o in load_docs(done.stdout)} & {"Role", "RoleBinding"}
@@ -115,7 +115,6 @@ def test_services_stay_inside_the_cluster(all_manifests):
 
 
 def test_exposing_a_service_is_an_explicit_choice(helm):
-    from conftest import helm_template, load_docs
     done = helm_template(helm, "--set", "mlflow.service.type=LoadBalancer")
     assert done.returncode == 0
     assert find(load_docs(done.stdout), "Service", "-mlflow")["spec"]["type"] == "LoadBalancer"
