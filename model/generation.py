@@ -216,7 +216,7 @@ def generate(
     device = model.tok_embeddings.weight.device
     gen = torch.Generator(device=device).manual_seed(params.seed) if params.seed is not None else None
 
-    tokens = torch.full((b, plen), tokenizer.pad, dtype=torch.long)
+    tokens = torch.zeros((b, plen), dtype=torch.long)  # pads are masked out; 0 fits any vocab
     valid = torch.zeros((b, plen), dtype=torch.bool)
     for i, p in enumerate(prompts):
         tokens[i, plen - len(p) :] = torch.tensor(p)
@@ -250,7 +250,7 @@ def generate(
             step = []
             for i in range(b):
                 if done[i]:
-                    step.append(tokenizer.pad)
+                    step.append(0)
                     continue
                 forced = bool(queue[i])
                 tok = queue[i].pop(0) if forced else sampled[i]

@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from qwen3_trainer.model import storage
 from qwen3_trainer.model.build import build_model, materialize
+from qwen3_trainer.model.rope_scaling import YarnScaling, apply_rope_scaling, rope_scaling_of
 from qwen3_trainer.model.titan import MoEArgs, Qwen3Model, Qwen3ModelArgs, Qwen3StateDictAdapter
 
 SUPPORTED = ("qwen3", "qwen3_moe")
@@ -83,6 +84,10 @@ def args_from_hf_config(cfg: dict[str, Any]) -> Qwen3ModelArgs:
             score_before_experts=False,
             load_balance_coeff=None,
         )
+    try:
+        args.rope_scaling = YarnScaling.from_hf(cfg)  # long-context RoPE (model.rope_scaling)
+    except ValueError as exc:
+        raise HFFormatError(str(exc)) from None
     return args
 
 
@@ -109,6 +114,8 @@ def hf_config_from_args(args: Qwen3ModelArgs, dtype: torch.dtype = torch.float32
         "eos_token_id": 151645,
         "torch_dtype": str(dtype).removeprefix("torch."),
     }
+    if rope_scaling_of_args(args) is not None:
+        cfg["rope_scaling"] = rope_scaling_of_args(args).to_hf()
     if args.moe_enabled:
         cfg.update(
             num_experts=args.moe_args.num_experts,
@@ -120,6 +127,10 @@ def hf_config_from_args(args: Qwen3ModelArgs, dtype: torch.dtype = torch.float32
             router_aux_loss_coef=0.001,
         )
     return cfg
+
+
+def rope_scaling_of_args(args: Qwen3ModelArgs) -> YarnScaling | None:
+    return getattr(args, "rope_scaling", None)
 
 
 def _read_hf_weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -184,6 +195,8 @@ def from_hf(path: str, *, device: str | torch.device = "cpu", dtype: torch.dtype
         args = args_from_hf_config(cfg)
         model = build_model(args, device="meta", init=False, compute_device=device)
         model = materialize(model, device)
+        if rope_scaling_of(model) is not None:
+            apply_rope_scaling(model, rope_scaling_of(model))
         load_hf_state_dict(model, _read_hf_weights(folder))
     if dtype is not None:
         model.to(dtype=dtype)
