@@ -5,7 +5,14 @@ Step ``t`` consumes global rows ``[t*G, (t+1)*G)`` of the mixture's order, with
 ``t*G + m*(micro_batch_size*dp_world) + r*micro_batch_size + [0, micro_batch_size)``: concatenating
 micro-batch ``m`` of every rank gives micro-batch ``m`` of one process with
 ``micro_batch_size * dp_world`` rows, and a step's rows over all ranks are exactly one process's
-global batch. Each rank builds only its own rows.
+global batch. Each rank builds only its own rows. ``dp_rank``/``dp_world`` are the data-parallel
+coordinates: ranks that must see the same data (tensor/pipeline peers) pass the same ``dp_rank``.
+
+A micro-batch is a dict of int64 tensors ``[micro_batch_size, seq_len]``: ``input_ids``; ``labels``
+(the next token, ``-100`` where no loss is taken: prompt and padding tokens, and the first token of a
+document, which is not predicted across the boundary); ``positions`` (restart at 0 at each document
+and at the row start); ``document_ids`` (0, 1, 2, ... per segment within the row; attention must
+not cross them). See ``packing`` for the layout of rows.
 
 The loader's whole state is the number of global rows consumed (plus a fingerprint of the data it
 was counted against), so ``load_state_dict`` restores the exact next batches, also onto a different
