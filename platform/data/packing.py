@@ -100,9 +100,12 @@ class PretrainRows:
             doc_tokens, _ = self.docs.doc(int(order[j]))
             begin = int(ends[j]) - len(doc_tokens) - 1  # where this document starts in the epoch
             inside = at - begin
-            piece = np.append(np.asarray(doc_tokens, np.int64), self.eos)[inside:]
-            take = min(len(piece), self.width - filled)
-            tokens[filled:filled + take] = piece[:take]
+            piece = doc_tokens[inside:inside + self.width - filled]  # a view: long documents aren't copied
+            tokens[filled:filled + len(piece)] = piece
+            take = len(piece)
+            if take < self.width - filled and inside + take == len(doc_tokens):
+                tokens[filled + take] = self.eos  # the document's closing separator
+                take += 1
             seg_start[filled] = True  # a document start, or a continued document at the row start
             filled += take
             pos += take

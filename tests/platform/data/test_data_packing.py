@@ -43,6 +43,16 @@ def test_one_document_stream_by_hand(tmp_path, tok, write_jsonl):
     assert all(v.dtype.is_floating_point is False and v.dtype.itemsize == 8 for v in b0.values())
 
 
+def test_row_starting_at_a_separator_by_hand():
+    rows = PretrainRows(_docs(HELLO), "a", seq_len=3, seed=0, eos=E)
+    # stream H , w ! E H , w ! E ...; rows of 4: [H , w !] [E H , w] [! E H ,]
+    assert [rows.row(k)[0].tolist() for k in range(3)] == [HELLO, [E, *HELLO[:3]], [HELLO[3], E, *HELLO[:2]]]
+    out = _batch(rows, 1, 2)
+    assert out["labels"] == [[X, 11, 1879], [E, X, 11]]
+    assert out["positions"] == [[0, 0, 1], [0, 1, 0]]
+    assert out["document_ids"] == [[0, 1, 1], [0, 0, 1]]
+
+
 def test_pretrain_rows_follow_the_epoch_order(tok):
     a, b, c = [1, 2, 3], [4, 5], [6, 7, 8, 9, 10, 11, 12, 13]
     rows = PretrainRows(_docs(a, b, c), "src", seq_len=4, seed=3, eos=E)
