@@ -52,7 +52,7 @@ def _tojson(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _check(messages: Sequence[Mapping[str, Any]]) -> None:
+def validate_messages(messages: Sequence[Mapping[str, Any]]) -> None:
     if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence) or not messages:
         raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
     for i, m in enumerate(messages):
@@ -128,7 +128,7 @@ def render_segments(
     messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None = None
 ) -> list[tuple[str, int | None]]:
     """The rendered dialog as (text, assistant message index or None) pieces, in order."""
-    _check(messages)
+    validate_messages(messages)
     segs: list[tuple[str, int | None]] = []
     first_system = messages[0]["role"] == "system"
     if tools:
