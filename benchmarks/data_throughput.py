@@ -99,7 +99,9 @@ def main() -> None:
             "benchmark": "data_throughput",
             "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                         "python": platform.python_version(),
-                        "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
+                        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                        # a shared machine: other jobs' load makes numbers vary by up to ~2x
+                        "load_average_1min": round(os.getloadavg()[0], 2)},
             "corpus": {"megabytes": round(corpus_bytes / 1e6, 2), "documents": infos[0].docs, "tokens": tokens,
                        "bytes_per_token": round(corpus_bytes / tokens, 2)},
             "tokenise_and_cache": {"seconds": round(tok_s, 3), "tokens_per_s": round(tokens / tok_s),
