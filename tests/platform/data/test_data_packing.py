@@ -162,3 +162,19 @@ def test_sft_chat_without_answer_is_one_line_error(tmp_path, tok, write_jsonl):
                      sources=[DataSource(name="chat", paths=[str(tmp_path / "c.jsonl")], field="messages")])
     with pytest.raises(ValueError, match=r"'chat': .*c\.jsonl record 1: cannot render chat: no assistant turn"):
         build_loader(cfg, tok, micro_batch_size=1)
+
+
+def test_sft_train_on_all_turns_gets_its_own_cache(tmp_path, tok, write_jsonl):
+    chat = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]
+    write_jsonl(tmp_path / "c.jsonl", [{"messages": chat}])
+    base = DataConfig(kind="sft", seq_len=63,
+                      sources=[DataSource(name="chat", paths=[str(tmp_path / "c.jsonl")], field="messages")])
+    trained = {}
+    for train_on in ("final", "all"):
+        loader = build_loader(base.model_copy(update={"sft_train_on": train_on}), tok, micro_batch_size=1)
+        assert loader.sources_info[0].built == 1, "a different mask is a different shard"
+        labels = loader.next_step()[0]["labels"][0].tolist()
+        trained[train_on] = tok.decode([t for t in labels if t != X])
+    assert trained["final"] == "<think>\n\n</think>\n\n4<|im_end|>"
+    assert trained["all"] == "Hello.<|im_end|><think>\n\n</think>\n\n4<|im_end|>"
