@@ -71,10 +71,7 @@ def tokenizer_fingerprint(tokenizer, kind: str, render_chat: ChatRenderer | None
 
 
 def _encode_plain(tokenizer, texts: list[str]) -> list[list[int]]:
-    try:
-        return tokenizer.encode_batch(texts, allow_special=False)
-    except TypeError:  # a tokenizer without the keyword
-        return tokenizer.encode_batch(texts)
+    return tokenizer.encode_batch(texts, allow_special=False)
 
 
 def shard_key(file: DataFile, kind: str, field: str, tok_fp: str) -> str:
