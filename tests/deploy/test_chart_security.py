@@ -13,6 +13,7 @@ from k8s_objects import by_kind, containers, env_of, find, pod_specs
 
 ROLE_RULES = {  # (apiGroup, resource) -> verbs: what the worker and its flow runs do, nothing more
     ("kubeflow.org", "pytorchjobs"): {"create", "get", "list", "watch", "delete"},
+    ("", "configmaps"): {"create", "patch", "delete"},  # the job's train config, owned by its PyTorchJob
     ("batch", "jobs"): {"create", "get", "list", "watch", "delete"},
     ("", "pods"): {"get", "list", "watch"},
     ("", "pods/log"): {"get"},
