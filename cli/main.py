@@ -26,6 +26,7 @@ app = typer.Typer(
 SUBCOMMANDS = {
     "model": "qwen3_trainer.cli.model_cmd",
     "convert": "qwen3_trainer.cli.convert_cmd",
+    "job": "qwen3_trainer.cli.job_cmd",
 }
 
 

@@ -13,6 +13,7 @@ GPUs are handed out per replica when the spec asks for them, CPU jobs see none.
 
 from __future__ import annotations
 
+import collections
 import os
 import shutil
 import signal
@@ -116,9 +117,13 @@ class LocalLauncher:
                                     hint=f"qtrain job status {name}")
             time.sleep(poll_s)
 
-    def logs(self, name: str, replica: str = "master", index: int = 0, follow: bool = False) -> Iterator[str]:
+    def logs(self, name: str, replica: str = "master", index: int = 0, follow: bool = False,
+             tail: int | None = None) -> Iterator[str]:
         """Lines of one replica's log (``master``/0 or ``worker``/i); ``follow`` tails it until the
-        job finishes."""
+        job finishes; ``tail`` keeps only the last lines (without follow)."""
+        if tail is not None and not follow:
+            yield from collections.deque(self.logs(name, replica, index), maxlen=tail)
+            return
         job_dir = self._dir(name)
         pod = f"{name}-{replica.lower()}-{index}"
         path = job_dir / "logs" / f"{pod}.log"
@@ -164,11 +169,12 @@ class LocalLauncher:
         return out
 
     # -- cancel ---------------------------------------------------------------------------------
-    def cancel(self, name: str) -> JobStatus:
-        """Stop the job and every process it started; the record and logs stay."""
+    def cancel(self, name: str) -> None:
+        """Stop the job and every process it started; the record and logs stay (status shows
+        Failed/JobCancelled)."""
         state = self._state(name)
         if state.status.finished:
-            return state.status
+            return
         for pid in ls.supervisor_pids(state.uid):
             os.kill(pid, signal.SIGTERM)      # it kills the gang and records Failed/JobCancelled
         end = time.monotonic() + CANCEL_WAIT_S
@@ -182,7 +188,6 @@ class LocalLauncher:
             state.status.conditions = set_condition(state.status.conditions, "Failed", "JobCancelled",
                                                     f"PyTorchJob {name} was cancelled.")
             ls.write_state(self._dir(name), state)
-        return state.status
 
     def run_id(self, name: str) -> str | None:
         return self._state(name).labels.get(RUN_ID_LABEL)

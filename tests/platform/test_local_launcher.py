@@ -155,9 +155,23 @@ def test_cancel_leaves_no_orphans(qtrain_home, allreduce_spec):
     assert len(pids) >= 4          # 2 torchrun agents + their 2 workers (in sessions of their own)
     with pytest.raises(LauncherError, match="local job cxl already exists \\(Running\\)"):
         launcher.submit(spec)
-    final = launcher.cancel("cxl")
+    launcher.cancel("cxl")
+    final = launcher.status("cxl")
     assert (final.state, final.conditions[-1].reason) == ("Failed", "JobCancelled")
     assert [p for p in pids if _alive(p)] == []
     assert ls.job_pids(uid) == [] and ls.supervisor_pids(uid) == []
     assert [j.name for j in launcher.list({"qwen3-trainer.io/run-id": "cxl"})] == ["cxl"]
     assert launcher.list({"qwen3-trainer.io/run-id": "other"}) == []
+
+
+@pytest.mark.slow
+def test_smoke_job_one_node_two_processes(qtrain_home):
+    """The cluster smoke test (platform/jobs/smoke.py) as a local 1 node x 2 process job."""
+    launcher = LocalLauncher()
+    launcher.submit(JobSpec.model_validate({
+        "name": "smoke", "image": "r/i:1", "nproc_per_node": 2, "train": {"mib": 1, "iters": 2},
+        "entrypoint": ["-m", "qwen3_trainer.platform.jobs.smoke"]}))
+    final = launcher.wait("smoke", timeout=180)
+    assert final.state == "Succeeded", final.message
+    assert [r.name for r in final.replicas] == ["smoke-master-0"]
+    assert any("allreduce ok | world 2" in line for line in launcher.logs("smoke"))
