@@ -143,10 +143,14 @@ class K8sLauncher:
 
     def logs(self, name: str, replica: str = "master", index: int = 0, follow: bool = False,
              namespace: str | None = None, tail: int | None = None) -> Iterator[str]:
-        """Lines of one replica's ``pytorch`` container log; ``follow`` streams until the pod ends."""
+        """Lines of one replica's ``pytorch`` container log (``master`` of an elastic job is worker-0);
+        ``follow`` streams until the pod ends; ``tail`` keeps only the last lines."""
         ns = namespace or self.namespace
         selector = f"{JOB_NAME_LABEL}={name},{REPLICA_TYPE_LABEL}={replica.lower()},{REPLICA_INDEX_LABEL}={index}"
         pods = self._call("list", f"pods of {ns}/{name}", self.core.list_namespaced_pod, ns, label_selector=selector)
+        if not pods.items and replica.lower() == "master" and index == 0:   # elastic: no Master, worker-0
+            selector = f"{JOB_NAME_LABEL}={name},{REPLICA_TYPE_LABEL}=worker,{REPLICA_INDEX_LABEL}=0"
+            pods = self._call("list", f"pods of {ns}/{name}", self.core.list_namespaced_pod, ns, label_selector=selector)
         if not pods.items:
             raise LauncherError(f"PyTorchJob {ns}/{name} has no {replica.lower()}-{index} pod (yet)", status=404,
                                 hint=f"qtrain job status {name} --backend k8s")

@@ -119,12 +119,14 @@ class LocalLauncher:
 
     def logs(self, name: str, replica: str = "master", index: int = 0, follow: bool = False,
              tail: int | None = None) -> Iterator[str]:
-        """Lines of one replica's log (``master``/0 or ``worker``/i); ``follow`` tails it until the
-        job finishes; ``tail`` keeps only the last lines (without follow)."""
+        """Lines of one replica's log (``master``/0 or ``worker``/i; ``master`` of an elastic job is
+        worker-0); ``follow`` tails it until the job finishes; ``tail`` keeps only the last lines."""
         if tail is not None and not follow:
             yield from collections.deque(self.logs(name, replica, index), maxlen=tail)
             return
         job_dir = self._dir(name)
+        if replica.lower() == "master" and "Master" not in ls.read_manifest(job_dir)["spec"]["pytorchReplicaSpecs"]:
+            replica, index = "worker", 0      # an elastic job has no Master: worker-0 hosts the rendezvous
         pod = f"{name}-{replica.lower()}-{index}"
         path = job_dir / "logs" / f"{pod}.log"
         known = [r.name for r in self._state(name).status.replicas]

@@ -175,3 +175,18 @@ def test_smoke_job_one_node_two_processes(qtrain_home):
     assert final.state == "Succeeded", final.message
     assert [r.name for r in final.replicas] == ["smoke-master-0"]
     assert any("allreduce ok | world 2" in line for line in launcher.logs("smoke"))
+
+
+@pytest.mark.slow
+def test_elastic_job_runs_workers_over_c10d(qtrain_home):
+    """Elastic: two Workers, no Master, torchrun's c10d rendezvous at PET_RDZV_ENDPOINT (nnodes 1:2)."""
+    launcher = LocalLauncher()
+    launcher.submit(JobSpec.model_validate({
+        "name": "el", "image": "r/i:1", "nodes": 2, "elastic": {"min_nodes": 1, "max_nodes": 2},
+        "train": {"mib": 1, "iters": 2}, "entrypoint": ["-m", "qwen3_trainer.platform.jobs.smoke"]}))
+    final = launcher.wait("el", timeout=180)
+    assert final.state == "Succeeded", final.message
+    assert [r.name for r in final.replicas] == ["el-worker-0", "el-worker-1"]
+    lines = [line for i in (0, 1) for line in launcher.logs("el", "worker", i)]
+    assert any("allreduce ok | world 2" in line for line in lines)    # printed by whichever holds rank 0
+    assert list(launcher.logs("el")) == list(launcher.logs("el", "worker", 0))   # "master" of elastic = worker-0
