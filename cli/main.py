@@ -21,19 +21,24 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-# noun -> module holding its typer sub-app (`app`); imported lazily so `qtrain --help` stays fast
-# and a noun whose extra dependencies are missing does not break the others.
+# noun -> module holding its typer sub-app (`app`), or a single command (`command`, for verbs
+# that take positional arguments directly: `qtrain train CONFIG`, `qtrain chat CHECKPOINT`).
 SUBCOMMANDS = {
     "model": "qwen3_trainer.cli.model_cmd",
     "convert": "qwen3_trainer.cli.convert_cmd",
     "job": "qwen3_trainer.cli.job_cmd",
+    "chat": "qwen3_trainer.cli.chat_cmd",
+    "train": "qwen3_trainer.cli.train_cmd",
 }
 
 
 def _register() -> None:
     for noun, module in SUBCOMMANDS.items():
-        sub = importlib.import_module(module).app
-        app.add_typer(sub, name=noun)
+        mod = importlib.import_module(module)
+        if hasattr(mod, "command"):
+            app.command(noun, help=(mod.command.__doc__ or "").strip().splitlines()[0])(mod.command)
+        else:
+            app.add_typer(mod.app, name=noun)
 
 
 def main() -> None:

@@ -60,7 +60,9 @@ def _one_line(exc: BaseException) -> str:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"]) or "(root)"
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        return f"{exc.title}: {loc}: {first['msg']}{more}"
+        msg = first["msg"].removeprefix("Value error, ")
+        where = "" if loc == "(root)" else f"{loc}: "
+        return f"{exc.title}: {where}{msg}{more}"
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 

@@ -68,10 +68,18 @@ def init_buffers(model: Qwen3Model, device: torch.device | str) -> None:
                 moe.expert_bias = torch.zeros(moe.experts.num_experts, device=device)
 
 
+def retie(model: Qwen3Model) -> None:
+    """Restore the embedding/output weight sharing that ``to_empty`` from meta breaks (it creates a
+    new Parameter per module when the device changes)."""
+    emb, out = getattr(model, "tok_embeddings", None), getattr(model, "output", None)
+    if model.model_args.enable_weight_tying and emb is not None and out is not None:
+        if out.weight is not emb.weight:
+            out.weight = emb.weight
+
+
 def materialize(model: Qwen3Model, device: torch.device | str) -> Qwen3Model:
     """Give a meta-device model real, uninitialised storage on ``device`` (weights loaded after)."""
     model = model.to_empty(device=device)
     init_buffers(model, device)
-    if model.model_args.enable_weight_tying:
-        model.output.weight = model.tok_embeddings.weight
+    retie(model)
     return model

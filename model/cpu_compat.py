@@ -177,6 +177,20 @@ def _register_cpu_flash_sdpa_sharding() -> None:
         return expand_to_full_mesh_op_strategy(mesh, op_schema, _strategies(3, 6), input_index=3)
 
 
+def _point_torchtitan_at_cpu() -> None:
+    # Patch 4a: torchtitan.tools.utils resolves device_type at import time and falls back to
+    # "cuda"; every module that copied the name gets "cpu" and the stand-in device module.
+    import importlib
+
+    for name in ("torchtitan.tools.utils", "torchtitan.distributed.parallel_dims",
+                 "torchtitan.distributed.utils", "torchtitan.components.metrics"):
+        module = importlib.import_module(name)
+        if hasattr(module, "device_type"):
+            module.device_type = "cpu"
+        if hasattr(module, "device_module"):
+            module.device_module = _CPUDeviceModule()
+
+
 def apply() -> None:
     """Apply every patch that the current machine needs (idempotent)."""
     global _APPLIED
@@ -187,6 +201,8 @@ def apply() -> None:
     if not torch.cuda.is_available():
         torch.histc = _histc
     _patch_permute_indices()
+    if not torch.cuda.is_available():
+        _point_torchtitan_at_cpu()
     try:
         _register_cpu_flash_sdpa_sharding()
     except (ImportError, AttributeError, TypeError) as exc:  # a torch without these internals

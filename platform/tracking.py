@@ -1,0 +1,159 @@
+"""Experiment tracking: the one module that talks to MLflow.
+
+Rank 0 logs; other ranks get a no-op tracker. Metrics go through a queue to a background thread
+(``log_batch`` every flush), so a slow tracking server never stalls a training step. Every metric
+is also appended to a local JSONL file, which is the whole record when no MLflow server is set
+(``MLFLOW_TRACKING_URI`` unset and no ``tracking.mlflow_uri``).
+
+Runs nest: a pipeline creates a parent run and passes a child ``run_id`` to each stage's job; the
+trainer then logs into that run (params, metrics, checkpoint URIs as tags).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+MAX_PARAM_LEN = 6000
+
+
+class TrackingError(RuntimeError):
+    """The tracking server cannot be reached or refused a request."""
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, list | dict) else str(v)
+    return {k: v[:MAX_PARAM_LEN] for k, v in out.items()}
+
+
+def check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """Raise TrackingError with one line if the MLflow server at ``uri`` does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            if r.status != 200:
+                raise TrackingError(f"MLflow at {uri} answered {r.status}")
+    except OSError as exc:
+        raise TrackingError(f"MLflow at {uri} is unreachable ({exc})") from None
+
+
+class Tracker:
+    """Logs one run. ``enabled=False`` (non-zero ranks) makes every call a no-op."""
+
+    def __init__(self, *, enabled: bool, uri: str | None, experiment: str, run_id: str | None = None,
+                 parent_run_id: str | None = None, run_name: str | None = None,
+                 metrics_file: str | None = None, tags: dict[str, str] | None = None):
+        self.enabled = enabled
+        self.run_id: str | None = None
+        self._file = None
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.log_seconds = 0.0  # time spent by callers on the training thread
+        if not enabled:
+            return
+        if metrics_file:
+            Path(metrics_file).parent.mkdir(parents=True, exist_ok=True)
+            self._file = open(metrics_file, "a")  # noqa: SIM115 - closed in close()
+        self.uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+        self._client = None
+        if self.uri:
+            import mlflow
+            from mlflow.tracking import MlflowClient
+
+            mlflow.set_tracking_uri(self.uri)
+            self._client = MlflowClient(self.uri)
+            if run_id:
+                self.run_id = run_id
+                self._client.update_run(run_id, status="RUNNING")
+            else:
+                exp = self._client.get_experiment_by_name(experiment)
+                exp_id = exp.experiment_id if exp else self._client.create_experiment(experiment)
+                all_tags = dict(tags or {})
+                if parent_run_id:
+                    all_tags["mlflow.parentRunId"] = parent_run_id
+                self.run_id = self._client.create_run(exp_id, run_name=run_name, tags=all_tags).info.run_id
+            if tags and run_id:
+                for k, v in tags.items():
+                    self._client.set_tag(run_id, k, v)
+        self._thread = threading.Thread(target=self._drain, name="tracker", daemon=True)
+        self._thread.start()
+
+    # -- API (training thread) -----------------------------------------------------------------
+    def log_params(self, params: dict[str, Any]) -> None:
+        if self.enabled:
+            self._queue.put(("params", flatten(params)))
+
+    def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        t0 = time.perf_counter()
+        clean = {k: float(v) for k, v in metrics.items() if v is not None}
+        self._queue.put(("metrics", (step, clean, int(time.time() * 1000))))
+        self.log_seconds += time.perf_counter() - t0
+
+    def set_tag(self, key: str, value: str) -> None:
+        if self.enabled:
+            self._queue.put(("tag", (key, str(value))))
+
+    def close(self, status: str = "FINISHED") -> None:
+        if not self.enabled or self._thread is None:
+            return
+        self._queue.put(("close", status))
+        self._thread.join(timeout=120)
+        if self._file:
+            self._file.close()
+
+    # -- background thread ---------------------------------------------------------------------
+    def _drain(self) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+
+        while True:
+            kind, payload = self._queue.get()
+            batch: list[tuple[str, Any]] = [(kind, payload)]
+            while not self._queue.empty() and len(batch) < 500:
+                batch.append(self._queue.get())
+            metrics, params, tags, close = [], [], [], None
+            for k, p in batch:
+                if k == "metrics":
+                    step, values, ts = p
+                    if self._file:
+                        self._file.write(json.dumps({"step": step, "time_ms": ts, **values}) + "\n")
+                    metrics += [Metric(name, val, ts, step) for name, val in values.items()]
+                elif k == "params":
+                    params += [Param(n, v) for n, v in p.items()]
+                elif k == "tag":
+                    tags.append(RunTag(*p))
+                elif k == "close":
+                    close = p
+            if self._file:
+                self._file.flush()
+            if self._client is not None:
+                for i in range(0, max(len(params), 1), 100):
+                    chunk = params[i : i + 100]
+                    if chunk or (i == 0 and (metrics or tags)):
+                        try:
+                            self._client.log_batch(self.run_id, metrics=metrics if i == 0 else [],
+                                                   params=chunk, tags=tags if i == 0 else [])
+                        except Exception as exc:  # tracking must never kill training
+                            print(f"[tracker] MLflow log_batch failed: {exc}", flush=True)
+                if close is not None:
+                    try:
+                        self._client.set_terminated(self.run_id, status=close)
+                    except Exception as exc:
+                        print(f"[tracker] MLflow set_terminated failed: {exc}", flush=True)
+            if close is not None:
+                return

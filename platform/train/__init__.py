@@ -1,0 +1,1 @@
+"""The trainer: config, parallel layout, objectives, checkpoints, and the training loop."""

@@ -1,0 +1,106 @@
+"""Training objectives: what a micro-batch's loss is, given the policy's logits.
+
+An objective returns the *sum* of its per-token losses divided by ``normalizer`` — the number of
+loss-bearing tokens in the whole step across every micro-batch and data-parallel rank — so that
+summing gradients over micro-batches and ranks (FSDP reduce-sum, division disabled) gives exactly
+the global token-mean gradient, whatever the parallelism or accumulation.
+
+Registered here: ``lm`` (pretraining: next-token cross-entropy on packed documents) and ``sft``
+(the same on chat samples whose labels are masked to assistant tokens by the data loader).
+Post-training objectives (GRPO, distillation, reward model) register themselves with
+``register_objective`` and may use the trainer's hooks: a frozen reference/teacher model
+(``ctx.reference``), per-token weights (``batch["weights"]``), and externally produced batches
+(``Trainer.train_step(batches)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+@dataclass
+class ObjectiveContext:
+    """What the trainer hands an objective beyond the batch."""
+
+    reference: torch.nn.Module | None = None  # frozen reference / teacher (its own placement)
+    step: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Objective(Protocol):
+    name: str
+    needs_reference: bool
+
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], normalizer: float,
+             ctx: ObjectiveContext) -> tuple[torch.Tensor, dict[str, float]]:
+        """(loss to backward, metrics summed over the step)."""
+        ...
+
+    def loss_tokens(self, batch: dict[str, torch.Tensor]) -> int:
+        """Tokens of this micro-batch that count toward the normaliser."""
+        ...
+
+
+def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token CE in fp32, 0 where labels == IGNORE; shape of ``labels``."""
+    flat = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(0, 1), ignore_index=IGNORE,
+                           reduction="none")
+    return flat.view_as(labels)
+
+
+class TokenCrossEntropy:
+    """Next-token cross-entropy with optional per-token weights (``batch["weights"]``)."""
+
+    needs_reference = False
+
+    def __init__(self, name: str = "lm", **params: Any):
+        if params:
+            raise ValueError(f"objective {name!r} takes no params, got {sorted(params)}")
+        self.name = name
+
+    def loss_tokens(self, batch):
+        return int((batch["labels"] != IGNORE).sum())
+
+    def loss(self, logits, batch, normalizer, ctx):
+        ce = token_cross_entropy(logits, batch["labels"])
+        if "weights" in batch:
+            ce = ce * batch["weights"].to(ce.dtype)
+        total = ce.sum()
+        return total / normalizer, {"loss_sum": float(total.detach())}
+
+
+_REGISTRY: dict[str, Callable[..., Objective]] = {
+    "lm": lambda **p: TokenCrossEntropy("lm", **p),
+    "sft": lambda **p: TokenCrossEntropy("sft", **p),
+}
+
+
+def register_objective(name: str, factory: Callable[..., Objective]) -> None:
+    _REGISTRY[name] = factory
+
+
+def build_objective(name: str, params: dict[str, Any]) -> Objective:
+    if name not in _REGISTRY:
+        _load_plugins()
+    if name not in _REGISTRY:
+        raise ValueError(f"objective.name {name!r} is unknown; known: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**params)
+
+
+def _load_plugins() -> None:
+    # post-training objectives live in their own modules and register on import
+    import importlib
+
+    for module in ("qwen3_trainer.platform.posttrain.objectives",):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
