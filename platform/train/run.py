@@ -107,8 +107,6 @@ def _setup_logging(rank: int, dump_dir: str) -> None:
 
 def train(cfg: TrainConfig, env: DistEnv | None = None) -> dict[str, Any]:
     """Run a whole training job in this process (one rank). Returns the trainer's summary."""
-    from qwen3_trainer.model import load_tokenizer
-    from qwen3_trainer.platform.data import build_loader
     from qwen3_trainer.platform.tracking import Tracker
     from qwen3_trainer.platform.train.trainer import Trainer
 
@@ -124,13 +122,11 @@ def train(cfg: TrainConfig, env: DistEnv | None = None) -> dict[str, Any]:
     trainer = None
     try:
         trainer = Trainer(cfg, env, tracker=tracker)
-        trainer.loader = build_loader(data_config(cfg), load_tokenizer(),
-                                      micro_batch_size=cfg.training.micro_batch_size,
-                                      grad_accum=cfg.training.grad_accum, dp_rank=trainer.dp_rank,
-                                      dp_world=trainer.dp_world)
+        if not hasattr(trainer.objective, "fit"):  # rollout objectives bring their own data
+            trainer.loader = _build_loader(cfg, trainer, env)
         tracker.log_params({**cfg.model_dump(mode="json"), "world_size": env.world_size})
         summary = trainer.fit()
-        if env.rank == 0:
+        if env.rank == 0 and trainer.loader is not None:
             mix = trainer.loader.mix_report()
             tracker.log_params({"data.realized_mix": {k: round(v["fraction"], 4) for k, v in mix.items()}})
             tracker.log_metrics(trainer.step, {"tracking/log_seconds": tracker.log_seconds})
@@ -144,6 +140,22 @@ def train(cfg: TrainConfig, env: DistEnv | None = None) -> dict[str, Any]:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _build_loader(cfg: TrainConfig, trainer, env: DistEnv):
+    """Tokenise (or reuse the cache) once on local rank 0, then every rank opens its slice."""
+    import torch.distributed as dist
+
+    from qwen3_trainer.model import load_tokenizer
+    from qwen3_trainer.platform.data import build_loader, prepare_cache
+
+    data_cfg, tokenizer = data_config(cfg), load_tokenizer()
+    if env.local_rank == 0:
+        prepare_cache(data_cfg, tokenizer)
+    if dist.is_initialized():
+        dist.barrier()
+    return build_loader(data_cfg, tokenizer, micro_batch_size=cfg.training.micro_batch_size,
+                        grad_accum=cfg.training.grad_accum, dp_rank=trainer.dp_rank, dp_world=trainer.dp_world)
 
 
 def main(config_path: str, overrides: dict[str, Any] | None = None, extra_argv: list[str] | None = None) -> int:

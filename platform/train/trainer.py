@@ -309,7 +309,13 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train ``training.steps`` steps from the loader (resuming if a checkpoint exists)."""
+        """Train ``training.steps`` steps from the loader (resuming if a checkpoint exists).
+
+        Objectives that produce their own batches (RL rollouts, on-policy distillation) define
+        ``fit(trainer)`` and drive the loop themselves through ``train_step`` / ``save``.
+        """
+        if hasattr(self.objective, "fit"):
+            return self.objective.fit(self)
         cfg = self.cfg
         resumed = self.maybe_resume()
         if resumed and self.tracker:
