@@ -127,8 +127,12 @@ class CachedForward:
         )
         return attn.wo(out.transpose(1, 2).reshape(b, s, -1))
 
-    def __call__(self, tokens: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Logits [B, S, V] of ``tokens`` [B, S] appended to the cache; ``valid`` marks real tokens."""
+    def __call__(
+        self, tokens: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor, last_only: bool = False
+    ) -> torch.Tensor:
+        """Logits [B, S, V] of ``tokens`` [B, S] appended to the cache (``last_only``: [B, 1, V], the
+        next-token logits, without the output projection of the other positions); ``valid`` marks
+        real tokens."""
         b, s = tokens.shape
         start, end = self.length, self.length + s
         self.valid[:, start:end] = valid
@@ -144,6 +148,8 @@ class CachedForward:
             ffn = layer.moe if layer.moe_enabled else layer.feed_forward
             h = h + ffn(layer.ffn_norm(h))
         self.length = end
+        if last_only:
+            h = h[:, -1:]
         return self.model.output(self.model.norm(h))
 
 
@@ -152,7 +158,7 @@ class CachedForward:
 
 def _sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> torch.Tensor:
     if p.temperature == 0:
-        return logits.argmax(-1)
+        return logits.max(-1).indices  # faster than argmax on CPU; same first-max tie rule
     logits = logits / p.temperature
     if p.top_k:
         kth = torch.topk(logits, min(p.top_k, logits.shape[-1]), dim=-1).values[:, -1:]
@@ -229,7 +235,7 @@ def generate(
     counters = _save_moe_counters(model)
     try:
         cache = CachedForward(model, b, room)
-        logits = cache(tokens, valid, positions)[:, -1].float()
+        logits = cache(tokens, valid, positions, last_only=True)[:, -1].float()
         next_pos = positions[:, -1] + 1
 
         out_tok: list[list[int]] = [[] for _ in range(b)]
@@ -246,7 +252,10 @@ def generate(
         queue = [list(forced_text) if t and budget == 0 else [] for t in thinking]
         for _ in range(params.max_new_tokens):
             sampled = _sample(logits, params, gen).tolist()
-            logp = logits.log_softmax(-1)
+            queued = [q[0] if q else sampled[i] for i, q in enumerate(queue)]
+            chosen = torch.tensor(queued, device=device)[:, None]
+            # log-prob of the chosen id only: logit - logsumexp, without the full log_softmax
+            logp = (logits.gather(-1, chosen).squeeze(-1) - logits.logsumexp(-1)).tolist()
             step = []
             for i in range(b):
                 if done[i]:
@@ -255,7 +264,7 @@ def generate(
                 forced = bool(queue[i])
                 tok = queue[i].pop(0) if forced else sampled[i]
                 out_tok[i].append(tok)
-                out_lp[i].append(float(logp[i, tok]))
+                out_lp[i].append(logp[i])
                 out_forced[i].append(forced)
                 step.append(tok)
                 if tok == tokenizer.think:
