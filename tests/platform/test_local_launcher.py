@@ -190,3 +190,13 @@ def test_elastic_job_runs_workers_over_c10d(qtrain_home):
     lines = [line for i in (0, 1) for line in launcher.logs("el", "worker", i)]
     assert any("allreduce ok | world 2" in line for line in lines)    # printed by whichever holds rank 0
     assert list(launcher.logs("el")) == list(launcher.logs("el", "worker", 0))   # "master" of elastic = worker-0
+
+
+@pytest.mark.slow
+def test_active_deadline_fails_the_job_and_stops_it(qtrain_home, allreduce_spec):
+    launcher = LocalLauncher()
+    launcher.submit(JobSpec.model_validate(allreduce_spec(
+        "late", nodes=1, train={"hold_seconds": 300}, run_policy={"active_deadline_seconds": 3})))
+    final = launcher.wait("late", timeout=120)
+    assert (final.state, final.conditions[-1].reason) == ("Failed", "DeadlineExceeded")
+    assert ls.job_pids(ls.read_state(qtrain_home / "jobs" / "late").uid) == []
