@@ -65,7 +65,7 @@ class K8sLauncher:
         if rendered.configmap:
             self._create_configmap(rendered, ns, name)
         try:
-            created = self._call("create", f"PyTorchJob {ns}/{name}", self.custom.create_namespaced_custom_object,
+            created = self._call("create", f"PyTorchJob {ns}/{name}", ns, self.custom.create_namespaced_custom_object,
                                  GROUP, VERSION, ns, PLURAL, rendered.job)
         except LauncherError:
             if rendered.configmap:
@@ -74,14 +74,14 @@ class K8sLauncher:
         if rendered.configmap:
             owner = {"apiVersion": API_VERSION, "kind": KIND, "name": name, "uid": created["metadata"]["uid"],
                      "controller": False, "blockOwnerDeletion": False}
-            self._call("patch", f"ConfigMap {ns}/{name}-config", self.core.patch_namespaced_config_map,
+            self._call("patch", f"ConfigMap {ns}/{name}-config", ns, self.core.patch_namespaced_config_map,
                        f"{name}-config", ns, {"metadata": {"ownerReferences": [owner]}})
         return JobHandle(self.backend, name, ns, spec.run)
 
     def _create_configmap(self, rendered: RenderedJob, ns: str, name: str) -> None:
         what = f"ConfigMap {ns}/{name}-config"
         try:
-            self._call("create", what, self.core.create_namespaced_config_map, ns, rendered.configmap)
+            self._call("create", what, ns, self.core.create_namespaced_config_map, ns, rendered.configmap)
         except LauncherError as exc:
             if exc.status != 409:
                 raise
@@ -89,15 +89,15 @@ class K8sLauncher:
             if self._exists(name, ns):
                 raise LauncherError(f"PyTorchJob {ns}/{name} already exists", status=409,
                                     hint=f"qtrain job cancel {name} --backend k8s, or choose another name") from exc
-            self._call("delete", what, self.core.delete_namespaced_config_map, f"{name}-config", ns)
-            self._call("create", what, self.core.create_namespaced_config_map, ns, rendered.configmap)
+            self._call("delete", what, ns, self.core.delete_namespaced_config_map, f"{name}-config", ns)
+            self._call("create", what, ns, self.core.create_namespaced_config_map, ns, rendered.configmap)
 
     # -- read -----------------------------------------------------------------------------------
     def status(self, name: str, namespace: str | None = None) -> JobStatus:
         ns = namespace or self.namespace
-        job = self._call("get", f"PyTorchJob {ns}/{name}", self.custom.get_namespaced_custom_object,
+        job = self._call("get", f"PyTorchJob {ns}/{name}", ns, self.custom.get_namespaced_custom_object,
                          GROUP, VERSION, ns, PLURAL, name)
-        pods = self._call("list", f"pods of {ns}/{name}", self.core.list_namespaced_pod, ns,
+        pods = self._call("list", f"pods of {ns}/{name}", ns, self.core.list_namespaced_pod, ns,
                           label_selector=f"{JOB_NAME_LABEL}={name}")
         return _job_status(job, pods.items)
 
@@ -147,10 +147,10 @@ class K8sLauncher:
         ``follow`` streams until the pod ends; ``tail`` keeps only the last lines."""
         ns = namespace or self.namespace
         selector = f"{JOB_NAME_LABEL}={name},{REPLICA_TYPE_LABEL}={replica.lower()},{REPLICA_INDEX_LABEL}={index}"
-        pods = self._call("list", f"pods of {ns}/{name}", self.core.list_namespaced_pod, ns, label_selector=selector)
+        pods = self._call("list", f"pods of {ns}/{name}", ns, self.core.list_namespaced_pod, ns, label_selector=selector)
         if not pods.items and replica.lower() == "master" and index == 0:   # elastic: no Master, worker-0
             selector = f"{JOB_NAME_LABEL}={name},{REPLICA_TYPE_LABEL}=worker,{REPLICA_INDEX_LABEL}=0"
-            pods = self._call("list", f"pods of {ns}/{name}", self.core.list_namespaced_pod, ns, label_selector=selector)
+            pods = self._call("list", f"pods of {ns}/{name}", ns, self.core.list_namespaced_pod, ns, label_selector=selector)
         if not pods.items:
             raise LauncherError(f"PyTorchJob {ns}/{name} has no {replica.lower()}-{index} pod (yet)", status=404,
                                 hint=f"qtrain job status {name} --backend k8s")
@@ -158,7 +158,7 @@ class K8sLauncher:
         kwargs = {"container": CONTAINER, "follow": follow, "_preload_content": False}
         if tail is not None:
             kwargs["tail_lines"] = tail
-        resp = self._call("read log of", f"pod {ns}/{pod}", self.core.read_namespaced_pod_log, pod, ns, **kwargs)
+        resp = self._call("read log of", f"pod {ns}/{pod}", ns, self.core.read_namespaced_pod_log, pod, ns, **kwargs)
         try:
             pending = b""
             for chunk in resp.stream(4096):
@@ -175,9 +175,9 @@ class K8sLauncher:
         """PyTorchJobs in the namespace whose labels match ``selector``."""
         ns = namespace or self.namespace
         label_selector = ",".join(f"{k}={v}" for k, v in (selector or {}).items()) or None
-        jobs = self._call("list", f"PyTorchJobs in {ns}", self.custom.list_namespaced_custom_object,
+        jobs = self._call("list", f"PyTorchJobs in {ns}", ns, self.custom.list_namespaced_custom_object,
                           GROUP, VERSION, ns, PLURAL, label_selector=label_selector)
-        pods = self._call("list", f"pods in {ns}", self.core.list_namespaced_pod, ns, label_selector=JOB_NAME_LABEL)
+        pods = self._call("list", f"pods in {ns}", ns, self.core.list_namespaced_pod, ns, label_selector=JOB_NAME_LABEL)
         by_job: dict[str, list] = {}
         for pod in pods.items:
             by_job.setdefault(pod.metadata.labels[JOB_NAME_LABEL], []).append(pod)
@@ -187,22 +187,18 @@ class K8sLauncher:
     def cancel(self, name: str, namespace: str | None = None) -> None:
         """Delete the PyTorchJob; its pods, Services and ConfigMap go with it (foreground deletion)."""
         ns = namespace or self.namespace
-        self._call("delete", f"PyTorchJob {ns}/{name}", self.custom.delete_namespaced_custom_object,
+        self._call("delete", f"PyTorchJob {ns}/{name}", ns, self.custom.delete_namespaced_custom_object,
                    GROUP, VERSION, ns, PLURAL, name, body=k8s.V1DeleteOptions(propagation_policy="Foreground"))
 
     # -- helpers --------------------------------------------------------------------------------
-    def _call(self, action: str, what: str, fn, *args, **kwargs):
+    def _call(self, action: str, what: str, ns: str, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` with API errors as LauncherErrors naming ``action what``."""
         try:
             return fn(*args, **kwargs)
         except ApiException as exc:
-            raise _api_error(exc, action, what, self._ns_of(what)) from exc
+            raise _api_error(exc, action, what, ns) from exc
         except urllib3.exceptions.HTTPError as exc:
             raise self._unreachable(exc) from exc
-
-    def _ns_of(self, what: str) -> str:
-        word = what.split()[-1]
-        return word.split("/")[0] if "/" in word else word if what.startswith(("PyTorchJobs in", "pods in")) \
-            else self.namespace
 
     def _unreachable(self, exc: Exception) -> LauncherError:
         reason = getattr(exc, "reason", None) or exc
