@@ -168,17 +168,21 @@ class HFQwen3Tokenizer(Qwen3Tokenizer):
             ) from exc
         special = {t.content: i for i, t in self._tok.get_added_tokens_decoder().items()}
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+        # the same BPE without added tokens, for allow_special=False (``encode_special_tokens`` would
+        # still match the non-special added tokens such as <think> and <tool_call>)
+        plain = json.loads(tokenizer_json)
+        plain["added_tokens"] = []
+        self._plain = Tokenizer.from_str(json.dumps(plain))
         super().__init__(special)
 
     def _encode(self, text, allow_special):
         return self._encode_batch([text], allow_special)[0]
 
     def _encode_batch(self, texts, allow_special):
-        self._tok.encode_special_tokens = not allow_special
-        return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+        tok = self._tok if allow_special else self._plain
+        return [e.ids for e in tok.encode_batch(texts, add_special_tokens=False)]
 
     def encode_with_offsets(self, text):
-        self._tok.encode_special_tokens = False
         enc = self._tok.encode(_nfc(text), add_special_tokens=False)
         return enc.ids, [start for start, _ in enc.offsets]
 

@@ -76,6 +76,7 @@ def test_hf_tokenizer_json_matches_builtin(tok, hf_dir):
     assert hf.vocab_size == tok.vocab_size
     assert (hf.eos, hf.pad, hf.think, hf.end_think) == (tok.eos, tok.pad, tok.think, tok.end_think)
     assert hf.encode_batch(TEXTS) == tok.encode_batch(TEXTS)
+    assert hf.encode_batch(TEXTS, allow_special=False) == tok.encode_batch(TEXTS, allow_special=False)
     for text in TEXTS:
         assert hf.decode(hf.encode(text)) == tok.decode(tok.encode(text))
         assert hf.encode_with_offsets(text) == tok.encode_with_offsets(text)
