@@ -25,6 +25,9 @@ _EXPORTS: dict[str, dict[str, str]] = {
         "GlobalBatchLoadBalancer": "qwen3_trainer.model.load_balance",
         "load_tokenizer": "qwen3_trainer.model.tokenizer",
         "generate": "qwen3_trainer.model.generation",
+        "SamplingParams": "qwen3_trainer.model.generation",
+        "apply_chat_template": "qwen3_trainer.model.chat_template",
+        "render_for_training": "qwen3_trainer.model.chat_template",
     },
 }
 
