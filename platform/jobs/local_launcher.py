@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from qwen3_trainer.platform.jobs import local_state as ls
-from qwen3_trainer.platform.jobs.render import RUN_ID_LABEL, RenderedJob, render
+from qwen3_trainer.platform.jobs.render import RenderedJob, render
 from qwen3_trainer.platform.jobs.spec import JobSpec
 from qwen3_trainer.platform.jobs.status import JobHandle, JobStatus, LauncherError, set_condition
 
@@ -190,9 +190,6 @@ class LocalLauncher:
             state.status.conditions = set_condition(state.status.conditions, "Failed", "JobCancelled",
                                                     f"PyTorchJob {name} was cancelled.")
             ls.write_state(self._dir(name), state)
-
-    def run_id(self, name: str) -> str | None:
-        return self._state(name).labels.get(RUN_ID_LABEL)
 
     # -- helpers --------------------------------------------------------------------------------
     def _dir(self, name: str) -> Path:
