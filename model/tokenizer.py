@@ -168,12 +168,18 @@ class HFQwen3Tokenizer(Qwen3Tokenizer):
             ) from exc
         special = {t.content: i for i, t in self._tok.get_added_tokens_decoder().items()}
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
-        # the same BPE without added tokens, for allow_special=False (``encode_special_tokens`` would
-        # still match the non-special added tokens such as <think> and <tool_call>)
-        plain = json.loads(tokenizer_json)
-        plain["added_tokens"] = []
-        self._plain = Tokenizer.from_str(json.dumps(plain))
+        self._json = tokenizer_json
         super().__init__(special)
+
+    @functools.cached_property
+    def _plain(self):
+        """The same BPE without added tokens, for allow_special=False (``encode_special_tokens``
+        would still match the non-special added tokens such as <think> and <tool_call>)."""
+        from tokenizers import Tokenizer
+
+        plain = json.loads(self._json)
+        plain["added_tokens"] = []
+        return Tokenizer.from_str(json.dumps(plain))
 
     def _encode(self, text, allow_special):
         return self._encode_batch([text], allow_special)[0]
