@@ -1,0 +1,237 @@
+"""Strong-to-weak distillation (RECIPE.md §Post-training, report §4.5): off-policy, then on-policy.
+
+``distill_offpolicy`` (loader-driven, ``data.kind: sft``): the student learns the teacher's responses
+in both modes (prepared by ``teacher_responses``). ``mode: kl`` minimises KL(teacher || student) over
+the full vocabulary at every response token (the teacher's logits are computed on the fly);
+``mode: sft`` is plain cross-entropy on the teacher's tokens.
+
+``distill_onpolicy`` (drives its own loop): the student samples responses to prompts flagged
+``/think`` or ``/no_think`` (``think_ratio``), and minimises the per-token reverse KL
+KL(student || teacher) over the full vocabulary at each sampled position. With ``offpolicy_data``
+and ``offpolicy_steps`` it first runs that many off-policy steps (forward KL on the teacher's
+responses), so one job does the report's two phases in order.
+
+The teacher is a frozen checkpoint (HF or DCP) placed on the trainer's device; it may be larger
+than the student but must share its vocabulary (a mismatch is a one-line error).
+
+    objective: {name: distill_onpolicy, params: {teacher: runs/T4/hf, prompts: data/prompts.jsonl,
+                offpolicy_data: data/teacher.jsonl, offpolicy_steps: 20, think_ratio: 0.5}}
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from typing import Any
+
+import torch
+
+from qwen3_trainer.platform.posttrain import losses
+from qwen3_trainer.platform.posttrain.losses import IGNORE
+
+log = logging.getLogger("qwen3_trainer.posttrain")
+
+
+def _teacher_logits(ctx, path: str, student_logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    from qwen3_trainer.platform.posttrain.rollouts import frozen_model
+
+    if ctx.reference is None:
+        ctx.reference = frozen_model(path, student_logits.device)
+        losses.check_vocab(student_logits.shape[-1], ctx.reference.model_args.vocab_size, f"teacher {path}")
+    with torch.no_grad():
+        return ctx.reference(input_ids)
+
+
+class DistillOffPolicy:
+    name = "distill_offpolicy"
+    needs_reference = True
+
+    def __init__(self, teacher: str | None = None, *, mode: str = "kl", temperature: float = 1.0):
+        if mode not in ("kl", "sft"):
+            raise ValueError(f"distill_offpolicy: mode must be 'kl' or 'sft', got {mode!r}")
+        if mode == "kl" and not teacher:
+            raise ValueError("distill_offpolicy: mode 'kl' needs params.teacher (a checkpoint)")
+        self.teacher, self.mode, self.temperature = teacher, mode, temperature
+
+    def loss_tokens(self, batch):
+        return int((batch["labels"] != IGNORE).sum())
+
+    def loss(self, logits, batch, normalizer, ctx):
+        labels = batch["labels"]
+        mask = labels != IGNORE
+        if self.mode == "sft":
+            per_tok = -losses.token_logprobs(logits, labels)
+        else:
+            teacher = _teacher_logits(ctx, self.teacher, logits, batch["input_ids"])
+            per_tok = losses.forward_kl(logits, teacher, mask, self.temperature)
+        total = per_tok.sum()
+        return total / normalizer, {"kl_sum" if self.mode == "kl" else "ce_sum": float(total.detach()),
+                                    "tokens": float(mask.sum())}
+
+
+def with_flag(prompt: list[dict], flag: str) -> list[dict]:
+    """The prompt with ``flag`` appended to its last user turn (the last flag wins)."""
+    out = [dict(m) for m in prompt]
+    for m in reversed(out):
+        if m["role"] == "user":
+            m["content"] = m["content"].rstrip() + " " + flag
+            break
+    return out
+
+
+def load_sft_samples(paths, tokenizer, max_len: int) -> list[tuple[list[int], list[bool]]]:
+    """Rendered (ids, loss mask) of chat records; malformed ones skipped with a counted warning."""
+    from qwen3_trainer.model.chat_template import render_for_training
+    from qwen3_trainer.platform.data.synthetic import read_records
+    from qwen3_trainer.platform.posttrain.verifiers import think_tags_balanced
+
+    out, bad = [], Counter()
+    for rec in read_records(paths):
+        msgs = rec.get("messages")
+        try:
+            last = msgs[-1]
+            if last.get("role") != "assistant":
+                raise ValueError("no final assistant turn")
+            if not think_tags_balanced(last.get("content") or ""):
+                bad["unbalanced think tags"] += 1
+                continue
+            ids, mask = render_for_training(msgs, tokenizer)
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+            bad["no assistant turn / malformed"] += 1
+            continue
+        out.append((ids[: max_len + 1], [bool(x) for x in mask[: max_len + 1]]))
+    if bad:
+        log.warning("skipped %d malformed chat records (%s)", sum(bad.values()), dict(bad))
+    if not out:
+        raise ValueError(f"no usable chat records in {paths}")
+    return out
+
+
+class DistillOnPolicy:
+    name = "distill_onpolicy"
+    needs_reference = True
+
+    def __init__(self, teacher: str, prompts: str | list[str], *, offpolicy_data: str | list[str] | None = None,
+                 offpolicy_steps: int = 0, think_ratio: float = 0.5, samples_per_prompt: int = 1,
+                 prompts_per_step: int = 8, max_new_tokens: int = 64, temperature: float = 1.0,
+                 eval_queries: str | list[str] | None = None, eval_size: int = 64, seed: int = 0):
+        if offpolicy_steps and not offpolicy_data:
+            raise ValueError("distill_onpolicy: offpolicy_steps needs params.offpolicy_data")
+        self.teacher, self.prompts = teacher, prompts
+        self.offpolicy_data, self.offpolicy_steps = offpolicy_data, offpolicy_steps
+        self.think_ratio, self.samples_per_prompt = think_ratio, samples_per_prompt
+        self.prompts_per_step, self.max_new_tokens, self.temperature = prompts_per_step, max_new_tokens, temperature
+        self.eval_queries, self.eval_size, self.seed = eval_queries, eval_size, seed
+
+    def loss_tokens(self, batch):
+        return int((batch["labels"] != IGNORE).sum())
+
+    def loss(self, logits, batch, normalizer, ctx):
+        mask = batch["labels"] != IGNORE
+        teacher = _teacher_logits(ctx, self.teacher, logits, batch["input_ids"])
+        kl_fn = losses.reverse_kl if batch.get("kl") == "reverse" else losses.forward_kl
+        per_tok = kl_fn(logits, teacher, mask)
+        total = per_tok.sum()
+        return total / normalizer, {"kl_sum": float(total.detach()), "tokens": float(mask.sum())}
+
+    def fit(self, trainer) -> dict[str, Any]:
+        from qwen3_trainer.model.generation import SamplingParams
+        from qwen3_trainer.model.tokenizer import load_tokenizer
+        from qwen3_trainer.platform.posttrain import rollouts
+        from qwen3_trainer.platform.posttrain.grpo import evaluate_accuracy, load_queries
+
+        tok = load_tokenizer()
+        cfg = trainer.cfg
+        seq_len, mb, accum = cfg.training.seq_len, cfg.training.micro_batch_size, cfg.training.grad_accum
+        trainer.ctx.reference = rollouts.frozen_model(self.teacher, trainer.device)
+        losses.check_vocab(trainer.model_args.vocab_size, trainer.ctx.reference.model_args.vocab_size,
+                           f"teacher {self.teacher}")
+        prompts = load_queries(self.prompts, "prompts")
+        held = load_queries(self.eval_queries, "eval_queries")[: self.eval_size] if self.eval_queries else []
+        offline = load_sft_samples(self.offpolicy_data, tok, seq_len) if self.offpolicy_steps else []
+        engine = rollouts.PolicyEngine(trainer, tok)
+        resumed = trainer.maybe_resume()
+        history: list[dict[str, Any]] = []
+        self._evaluate(trainer, engine, tok, held, history, evaluate_accuracy)
+        while trainer.step < cfg.training.steps:
+            rng = random.Random(self.seed * 1_000_003 + trainer.step)
+            if trainer.step < self.offpolicy_steps:
+                n = mb * accum * trainer.dp_world
+                picked = [offline[rng.randrange(len(offline))] for _ in range(n)]
+                mine = picked[trainer.dp_rank:: trainer.dp_world]
+                batches = rollouts.sequences_to_batches([[] for _ in mine], [ids for ids, _ in mine],
+                                                        [m for _, m in mine], micro_batch_size=mb,
+                                                        pad_id=tok.pad, max_len=seq_len)
+                phase = {"phase/offpolicy": 1.0}
+                for b in batches:
+                    b["kl"] = "forward"
+            else:
+                engine.sync(trainer)
+                picked = [prompts[rng.randrange(len(prompts))] for _ in range(self.prompts_per_step)]
+                mine = picked[trainer.dp_rank:: trainer.dp_world]
+                flagged = [with_flag(q["prompt"], "/think" if rng.random() < self.think_ratio else "/no_think")
+                           for q in mine for _ in range(self.samples_per_prompt)]
+                p_ids = [rollouts.prompt_ids(tok, p) for p in flagged]
+                room = seq_len + 1 - max(map(len, p_ids))
+                out = engine.generate(p_ids, SamplingParams(
+                    max_new_tokens=max(1, min(self.max_new_tokens, room)), temperature=self.temperature,
+                    seed=self.seed + 7919 * trainer.step + trainer.env.rank))
+                masks = [[not f for f in forced] for forced in out.forced]
+                batches = rollouts.sequences_to_batches(p_ids, out.tokens, masks, micro_batch_size=mb,
+                                                        pad_id=tok.pad, max_len=seq_len)
+                for b in batches:
+                    b["kl"] = "reverse"
+                phase = {"phase/offpolicy": 0.0, "rollout/response_tokens": sum(out.lengths) / len(out.lengths)}
+            m = trainer.train_step(batches)
+            tokens = m.pop("objective/tokens", 0.0) or 1.0
+            m["kl"] = m.pop("objective/kl_sum", 0.0) / tokens
+            rollouts.log_step(trainer, {**m, **phase}, history)
+            rollouts.maybe_checkpoint(trainer)
+        self._evaluate(trainer, engine, tok, held, history, evaluate_accuracy)
+        return rollouts.finish(trainer, history, resumed)
+
+    def _evaluate(self, trainer, engine, tok, held, history, evaluate_accuracy) -> None:
+        if not held:
+            return
+        from qwen3_trainer.platform.posttrain import rollouts
+
+        engine.sync(trainer)
+        metrics: dict[str, float] = {}
+        for flag in ("/think", "/no_think"):
+            recs = [{**r, "prompt": with_flag(r["prompt"], flag)} for r in held]
+            got = evaluate_accuracy(engine, tok, recs, max_new_tokens=self.max_new_tokens,
+                                    seq_len=trainer.cfg.training.seq_len)
+            mode = flag.strip("/")
+            metrics.update({f"{k}_{mode}": v for k, v in got.items()})
+        metrics["eval/accuracy"] = (metrics["eval/accuracy_think"] + metrics["eval/accuracy_no_think"]) / 2
+        rollouts.log_step(trainer, metrics, history)
+
+
+def teacher_responses(teacher, tokenizer, records: list[dict], *, max_new_tokens: int, seq_len: int,
+                      seed: int = 0, verify: bool = True, batch: int = 32) -> tuple[list[dict], Counter]:
+    """Off-policy distillation data: the teacher answers every query in both modes (greedy);
+    with ``verify``, wrong or badly formatted answers are dropped (counted)."""
+    from qwen3_trainer.model.generation import LocalRolloutEngine, SamplingParams
+    from qwen3_trainer.platform.posttrain import rollouts, verifiers
+
+    engine = LocalRolloutEngine(teacher, tokenizer)
+    out, stats = [], Counter()
+    jobs = [(r, flag) for r in records for flag in ("/think", "/no_think")]
+    for i in range(0, len(jobs), batch):
+        chunk = jobs[i: i + batch]
+        prompts = [with_flag(r["prompt"], flag) for r, flag in chunk]
+        ids = [rollouts.prompt_ids(tokenizer, p) for p in prompts]
+        room = seq_len + 1 - max(map(len, ids))
+        gen = engine.generate(ids, SamplingParams(max_new_tokens=max(1, min(max_new_tokens, room)), seed=seed))
+        for (rec, flag), prompt, toks in zip(chunk, prompts, gen.tokens, strict=True):
+            text = rollouts.response_text(tokenizer, prompt, toks)
+            thinking = flag == "/think"
+            if verify and not (verifiers.math_reward(text, str(rec["answer"]))
+                               and verifiers.format_ok(text, thinking)):
+                stats["rejected"] += 1
+                continue
+            stats["kept"] += 1
+            out.append({"messages": [*prompt, {"role": "assistant", "content": text}], "answer": rec["answer"],
+                        "mode": flag.strip("/")})
+    return out, stats

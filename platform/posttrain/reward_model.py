@@ -1,0 +1,133 @@
+"""Objective ``reward_model``: a Qwen3 backbone + scalar head trained on preference pairs (Bradley–Terry).
+
+The scalar head is one row of the output projection: row ``REWARD_HEAD_ID`` (151935, the last of the
+vocabulary's padding rows, which no tokenizer id reaches) maps the final normed hidden state of the
+last token to the reward. It is a plain linear head on the backbone that needs no new module, so
+the reward model saves, loads, shards and exports (HF / DCP) exactly like the policy.
+
+Loss per pair: -log sigmoid(r(chosen) - r(rejected)), summed and divided by the trainer's normaliser
+(the global number of pairs in the step). Records: ``{"prompt": [turns], "chosen": [assistant turn]
+or "text", "rejected": ...}`` (platform.data.synthetic.preference_record writes them); malformed
+pairs are skipped with a counted warning.
+
+    objective: {name: reward_model, params: {pairs: data/prefs.jsonl, eval_pairs: data/prefs_eval.jsonl}}
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter
+from typing import Any
+
+import torch
+
+from qwen3_trainer.platform.posttrain import losses
+from qwen3_trainer.platform.posttrain.rewards import REWARD_HEAD_ID, reward_scores, score_ids
+
+log = logging.getLogger("qwen3_trainer.posttrain")
+
+
+def _reply(value) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and isinstance(value[-1], dict) and value[-1].get("role") == "assistant":
+        content = value[-1].get("content")
+        if isinstance(content, str):
+            return content
+    raise ValueError("a reply must be a string or a list ending with an assistant turn")
+
+
+def load_pairs(paths, tokenizer, max_len: int) -> list[tuple[list[int], list[int]]]:
+    """(chosen ids, rejected ids) per usable record; the rest skipped with a counted warning."""
+    from qwen3_trainer.model.chat_template import validate_messages
+    from qwen3_trainer.platform.data.synthetic import read_records
+
+    pairs, bad = [], Counter()
+    for rec in read_records(paths):
+        try:
+            validate_messages(rec["prompt"])
+            c = score_ids(tokenizer, rec["prompt"], _reply(rec["chosen"]))
+            r = score_ids(tokenizer, rec["prompt"], _reply(rec["rejected"]))
+        except (KeyError, ValueError, TypeError):
+            bad["malformed"] += 1
+            continue
+        if max(len(c), len(r)) > max_len:
+            bad["too long"] += 1
+            continue
+        pairs.append((c, r))
+    if bad:
+        log.warning("reward_model: skipped %d preference records (%s)", sum(bad.values()), dict(bad))
+    if not pairs:
+        raise ValueError(f"reward_model: no usable preference pairs in {paths}")
+    return pairs
+
+
+def pair_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    seqs = [c for c, _ in pairs] + [r for _, r in pairs]
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    for j, s in enumerate(seqs):
+        ids[j, : len(s)] = torch.tensor(s)
+    return {"input_ids": ids, "last": torch.tensor([len(s) - 1 for s in seqs])}
+
+
+class RewardModelObjective:
+    name = "reward_model"
+    needs_reference = False
+
+    def __init__(self, pairs: str | list[str], *, eval_pairs: str | list[str] | None = None, seed: int = 0):
+        self.pairs, self.eval_pairs, self.seed = pairs, eval_pairs, seed
+
+    def loss_tokens(self, batch):
+        return int(batch["input_ids"].shape[0] // 2)  # pairs
+
+    def loss(self, logits, batch, normalizer, ctx):
+        if logits.shape[-1] <= REWARD_HEAD_ID:
+            raise ValueError(f"reward_model: the vocabulary has {logits.shape[-1]} rows; the scalar head is row "
+                             f"{REWARD_HEAD_ID} (use the full Qwen3 vocabulary)")
+        n = logits.shape[0] // 2
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        r = logits[rows, batch["last"], REWARD_HEAD_ID].float()
+        bt = losses.bradley_terry(r[:n], r[n:])
+        margin = (r[:n] - r[n:]).detach()
+        return bt.sum() / normalizer, {"pairs": float(n), "correct": float((margin > 0).sum()),
+                                       "margin_sum": float(margin.sum())}
+
+    def fit(self, trainer) -> dict[str, Any]:
+        from qwen3_trainer.model.tokenizer import load_tokenizer
+        from qwen3_trainer.platform.posttrain import rollouts
+
+        tok = load_tokenizer()
+        cfg = trainer.cfg
+        train = load_pairs(self.pairs, tok, cfg.training.seq_len)
+        held = load_pairs(self.eval_pairs, tok, cfg.training.seq_len) if self.eval_pairs else []
+        resumed = trainer.maybe_resume()
+        mb, accum = cfg.training.micro_batch_size, cfg.training.grad_accum
+        per_step = mb * accum * trainer.dp_world
+        history: list[dict[str, Any]] = []
+        self._evaluate(trainer, tok, held, history)
+        while trainer.step < cfg.training.steps:
+            order = random.Random(self.seed * 1_000_003 + trainer.step).sample(range(len(train)), len(train))
+            picked = [train[order[i % len(order)]] for i in range(per_step)]
+            mine = picked[trainer.dp_rank * mb * accum: (trainer.dp_rank + 1) * mb * accum]
+            batches = [pair_batch(mine[i: i + mb], tok.pad) for i in range(0, len(mine), mb)]
+            m = trainer.train_step(batches)
+            pairs = m.pop("objective/pairs", 1.0) or 1.0
+            m["pair_accuracy"] = m.pop("objective/correct", 0.0) / pairs
+            m["margin"] = m.pop("objective/margin_sum", 0.0) / pairs
+            rollouts.log_step(trainer, m, history)
+            rollouts.maybe_checkpoint(trainer)
+        self._evaluate(trainer, tok, held, history)
+        return rollouts.finish(trainer, history, resumed)
+
+    @torch.no_grad()
+    def _evaluate(self, trainer, tok, held, history) -> None:
+        if not held:
+            return
+        from qwen3_trainer.platform.posttrain import rollouts
+
+        model = trainer.model_parts[0]
+        chosen = reward_scores(model, [c for c, _ in held], tok.pad, trainer.device)
+        rejected = reward_scores(model, [r for _, r in held], tok.pad, trainer.device)
+        rollouts.log_step(trainer, {"eval/pair_accuracy": float((chosen > rejected).float().mean())}, history)
