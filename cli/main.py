@@ -29,6 +29,7 @@ SUBCOMMANDS = {
     "job": "qwen3_trainer.cli.job_cmd",
     "chat": "qwen3_trainer.cli.chat_cmd",
     "train": "qwen3_trainer.cli.train_cmd",
+    "pipeline": "qwen3_trainer.cli.pipeline_cmd",
 }
 
 

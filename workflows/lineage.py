@@ -1,0 +1,179 @@
+"""MLflow lineage of a pipeline: the one workflows module that talks to MLflow.
+
+- one parent run per pipeline (tags ``qwen3.pipeline_id``, ``qwen3.preset``), one child run per stage
+  (``mlflow.parentRunId``), created here and handed to the stage's job as ``tracking.run_id`` so the
+  trainer logs its params and metrics into it;
+- on the child: the stage's knobs as ``knobs.*`` params, tags ``qwen3.stage``, ``qwen3.config_hash``,
+  ``qwen3.init_checkpoint`` (the checkpoint it started from), ``qwen3.teacher_checkpoint``,
+  ``qwen3.checkpoint_uri`` and ``qwen3.hf_uri``;
+- plots (matplotlib, Agg) as PNG artifacts: each stage's loss curve, a thinking-budget curve where the
+  stage logged one, and on the parent the loss over the whole pipeline;
+- each stage's final HF export logged as artifacts (``hf/``) and registered as a model version:
+  ``qwen3-<preset>-teacher`` for S1-T4, ``qwen3-<preset>-student`` for D, with the stage alias
+  (``S3-long-context``, ``T4-general-rl``, ``distilled``, ...).
+
+Embedded default store: ``sqlite:///$QTRAIN_HOME/mlflow.db`` when ``MLFLOW_TRACKING_URI`` is unset.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from qwen3_trainer.model import storage
+from qwen3_trainer.platform.tracking import check_reachable, flatten
+from qwen3_trainer.workflows.presets import ALIASES, FLOW_NAMES
+
+THINKING_PREFIXES = ("thinking_budget/", "eval/thinking_budget")
+
+
+def default_uri() -> str:
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    home = Path(os.environ.get("QTRAIN_HOME") or Path.home() / ".qtrain")
+    home.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{home / 'mlflow.db'}"
+
+
+def model_name(preset: str, stage: str) -> str:
+    return f"qwen3-{preset}-{'student' if stage == 'D' else 'teacher'}"
+
+
+class Lineage:
+    def __init__(self, uri: str, experiment: str):
+        from mlflow.tracking import MlflowClient
+
+        check_reachable(uri)
+        self.uri = uri
+        self.client = MlflowClient(uri)
+        exp = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+
+    # -- runs ----------------------------------------------------------------------------------
+    def start_pipeline(self, pipeline_id: str, preset: str, params: dict[str, Any]) -> str:
+        run = self.client.create_run(self.experiment_id, run_name=f"qwen3-pipeline {pipeline_id}",
+                                     tags={"qwen3.pipeline_id": pipeline_id, "qwen3.preset": preset,
+                                           "qwen3.kind": "pipeline"})
+        self._params(run.info.run_id, params)
+        return run.info.run_id
+
+    def start_stage(self, parent_run_id: str, pipeline_id: str, stage: str, config_hash: str,
+                    knobs: dict[str, Any], init_checkpoint: str | None, teacher: str | None) -> str:
+        tags = {"mlflow.parentRunId": parent_run_id, "qwen3.pipeline_id": pipeline_id, "qwen3.stage": stage,
+                "qwen3.config_hash": config_hash, "qwen3.kind": "stage",
+                "qwen3.init_checkpoint": init_checkpoint or "none"}
+        if teacher:
+            tags["qwen3.teacher_checkpoint"] = teacher
+        run = self.client.create_run(self.experiment_id, run_name=FLOW_NAMES[stage], tags=tags)
+        self._params(run.info.run_id, {"knobs": knobs})
+        return run.info.run_id
+
+    def _params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = [Param(k, v) for k, v in flatten(params).items()]
+        for i in range(0, len(flat), 100):
+            self.client.log_batch(run_id, params=flat[i : i + 100])
+
+    def tag(self, run_id: str, **tags: str) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, f"qwen3.{k}", str(v))
+
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def url(self, run_id: str) -> str | None:
+        if not self.uri.startswith("http"):
+            return None
+        return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
+
+    # -- metrics -------------------------------------------------------------------------------
+    def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+    def summary(self, run_id: str) -> dict[str, float]:
+        """Last value of every metric of the run, plus the first loss (to show the drop)."""
+        metrics = dict(self.client.get_run(run_id).data.metrics)
+        loss = self.history(run_id, "loss")
+        if loss:
+            metrics["loss_first"] = loss[0][1]
+            metrics["steps"] = float(loss[-1][0])
+        return metrics
+
+    # -- plots ---------------------------------------------------------------------------------
+    def log_stage_plots(self, run_id: str, stage: str) -> list[str]:
+        """loss.png, and thinking_budget.png when the stage logged thinking-budget metrics."""
+        out = []
+        loss = self.history(run_id, "loss")
+        if loss:
+            out.append(self._plot(run_id, "loss.png", f"{stage} loss", {"loss": loss}, "step", "loss"))
+        keys = [k for k in self.client.get_run(run_id).data.metrics if k.startswith(THINKING_PREFIXES)]
+        if keys:
+            curves = {k: self.history(run_id, k) for k in sorted(keys)}
+            out.append(self._plot(run_id, "thinking_budget.png", f"{stage} thinking budget", curves,
+                                  "thinking budget (tokens)", "value"))
+        return out
+
+    def log_pipeline_plot(self, parent_run_id: str, stage_runs: dict[str, str]) -> str | None:
+        """The loss of every stage, one after the other, on the parent run."""
+        curves, offset = {}, 0
+        for stage, run_id in stage_runs.items():
+            loss = self.history(run_id, "loss")
+            if loss:
+                curves[stage] = [(offset + s, v) for s, v in loss]
+                offset += loss[-1][0]
+        if not curves:
+            return None
+        return self._plot(parent_run_id, "pipeline_loss.png", "loss through the pipeline", curves,
+                          "step (cumulative)", "loss")
+
+    def log_thinking_curve(self, run_id: str, points: list[tuple[int, float]], name: str) -> str:
+        for budget, value in points:
+            self.client.log_metric(run_id, f"thinking_budget/{name}", value, step=budget)
+        return self._plot(run_id, "thinking_budget.png", f"{name} vs thinking budget", {name: points},
+                          "thinking budget (tokens)", name)
+
+    def _plot(self, run_id: str, filename: str, title: str, curves: dict[str, list[tuple[int, float]]],
+              xlabel: str, ylabel: str) -> str:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+        for label, points in curves.items():
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=label)
+        ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        if len(curves) > 1:
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / filename
+            fig.savefig(path)
+            plt.close(fig)
+            self.client.log_artifact(run_id, str(path), "plots")
+        return f"plots/{filename}"
+
+    # -- model registry ------------------------------------------------------------------------
+    def register_model(self, run_id: str, preset: str, stage: str, hf_uri: str) -> tuple[str, str]:
+        """Log the HF export as ``hf/`` artifacts of the stage run and register it; returns
+        (registered model name, version) with the stage alias pointing at it."""
+        from mlflow.exceptions import MlflowException
+
+        with storage.local_copy(hf_uri) as local:
+            self.client.log_artifacts(run_id, str(local), "hf")
+        name = model_name(preset, stage)
+        try:
+            self.client.create_registered_model(name, description=f"Qwen3 {preset} pipeline checkpoints")
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        source = f"{self.client.get_run(run_id).info.artifact_uri.rstrip('/')}/hf"
+        version = self.client.create_model_version(name, source, run_id=run_id,
+                                                   tags={"qwen3.stage": stage, "qwen3.hf_uri": hf_uri})
+        self.client.set_registered_model_alias(name, ALIASES[stage], version.version)
+        return name, str(version.version)
