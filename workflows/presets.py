@@ -109,30 +109,32 @@ def _tiny() -> Preset:
                   stages={**pre, **post})
 
 
-# full scale: 8 x H200 per node; 235B-A22B with EP 8 x PP 4 inside 32 nodes; global batch 16M tokens
+# full scale: 8 x H200 per node; 235B-A22B with EP 8 x PP 4 on 32 nodes (64-way data parallel). Global
+# batch (project choice; the report gives none): 4096 x 4K = 16.8M tokens at S1/S2, 256 x 32K at S3.
 _FULL_PAR = {"ep": 8, "pp": 4, "dp_shard": -1}
-_GLOBAL_SEQS_4K = 4096  # 4096 x 4096 = 16.8M tokens per step (project choice; the report gives none)
+
+
+def _budgeted(knobs: StageKnobs) -> StageKnobs:
+    """Steps that spend the stage's token budget at its global batch."""
+    return knobs.model_copy(update={"steps": int(knobs.token_budget // knobs.global_batch_tokens)})
 
 
 def _full() -> Preset:
     gpu = dict(flavor="235B-A22B", gpus_per_node=8, nproc_per_node=8, node_pool="gpu", device="cuda",
-               parallelism=_FULL_PAR, checkpoint_interval=500)
-
-    def steps(tokens: float, seq: int, seqs: int) -> int:
-        return int(tokens // (seq * seqs))
-
+               parallelism=_FULL_PAR, checkpoint_interval=500, steps=1)
     pre = {
-        "S1": StageKnobs(stage="S1", seq_len=4096, nodes=32, grad_accum=16, token_budget=30e12,
-                         steps=steps(30e12, 4096, _GLOBAL_SEQS_4K), lr=2e-4, warmup_steps=2000,
-                         decay_ratio=0.0, rope_theta=1e4, data_mix={"web": 0.85, "reasoning": 0.15}, **gpu),
-        "S2": StageKnobs(stage="S2", seq_len=4096, nodes=32, grad_accum=16, token_budget=5e12,
-                         steps=steps(5e12, 4096, _GLOBAL_SEQS_4K), lr=2e-4, decay_ratio=0.5,
-                         rope_theta=1e4, data_mix={"web": 0.4, "reasoning": 0.6}, **gpu),
-        "S3": StageKnobs(stage="S3", seq_len=32768, nodes=32, grad_accum=16, token_budget=200e9,
-                         steps=steps(200e9, 32768, 512), lr=5e-5, decay_ratio=0.3, rope_theta=1e6,
-                         data_mix={"web": 0.75, "reasoning": 0.25},
-                         **{**gpu, "parallelism": {**_FULL_PAR, "cp": 4}}),
+        "S1": _budgeted(StageKnobs(stage="S1", seq_len=4096, nodes=32, micro_batch_size=4, grad_accum=16,
+                                   token_budget=30e12, lr=2e-4, warmup_steps=2000, decay_ratio=0.0,
+                                   rope_theta=1e4, data_mix={"web": 0.85, "reasoning": 0.15}, **gpu)),
+        "S2": _budgeted(StageKnobs(stage="S2", seq_len=4096, nodes=32, micro_batch_size=4, grad_accum=16,
+                                   token_budget=5e12, lr=2e-4, decay_ratio=0.5, rope_theta=1e4,
+                                   data_mix={"web": 0.4, "reasoning": 0.6}, **gpu)),
+        "S3": _budgeted(StageKnobs(stage="S3", seq_len=32768, nodes=32, grad_accum=16, token_budget=200e9,
+                                   lr=5e-5, decay_ratio=0.3, rope_theta=1e6,
+                                   data_mix={"web": 0.75, "reasoning": 0.25},
+                                   **{**gpu, "parallelism": {**_FULL_PAR, "cp": 4}})),
     }
+    gpu.pop("steps")
     post = {s: StageKnobs(stage=s, seq_len=32768, nodes=n, steps=1, rope_theta=1e6, **gpu)
             for s, n in (("T1", 16), ("T2", 32), ("T3", 16), ("T4", 32))}
     post["D"] = StageKnobs(stage="D", seq_len=32768, nodes=8, steps=1, rope_theta=1e6,
