@@ -50,7 +50,7 @@ def multi_question(rec: dict) -> str | None:
 def answer_in_query(rec: dict) -> str | None:
     """Answerable without reasoning: the reference answer is already written in the question."""
     answer = str(rec.get("answer") or "").strip()
-    if answer and re.search(rf"(?<![\d.]){re.escape(answer)}(?![\d.])", _question(rec)):
+    if answer and re.search(rf"(?<![\d.]){re.escape(answer)}(?!\.?\d)", _question(rec)):
         return "answerable_without_cot"
     return None
 
