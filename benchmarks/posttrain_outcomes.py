@@ -2,7 +2,7 @@
 
 Every training step is a real ``qtrain train`` job (subprocess) with the post-training objectives;
 evaluation is greedy decoding with the local rollout engine and the rule verifier on held-out
-single-digit additions (problems never seen in training). Claims measured:
+place-value additions like 40+7 (problems never seen in training). Claims measured:
 
 1. GRPO raises held-out verifier accuracy of a cold-started model.
 2. After thinking-mode fusion, ``/no_think`` answers carry an empty think block (>= 95%) and
@@ -126,20 +126,20 @@ def main(argv=None) -> None:
     t0 = time.time()
     w = Path(args.workdir)
     d = w / "data"
-    train, held = syn.split_problems(70, 30, seed=0, difficulties=[0])
+    train, held = syn.split_problems(56, 25, seed=0, difficulties=[0])
     train_q = [syn.query_record(p) for p in train]
     held_q = [syn.query_record(p) for p in held]
     syn.write_jsonl(str(d / "train.jsonl"), train_q)
     syn.write_jsonl(str(d / "held.jsonl"), held_q)
     cold_report = run_coldstart(syn.coldstart_pool(train * 4, seed=0, difficulties=[0]), str(d / "coldstart.jsonl"))
-    result: dict = {"task": "single-digit addition; 70 train / 30 held-out problems (disjoint)",
+    result: dict = {"task": "place-value addition (40+7); 56 train / 25 held-out problems (disjoint)",
                     "model": "debugmodel (dim 64, 2 layers, vocab 151936), fp32 CPU", "steps": STEPS,
                     "coldstart_filter": {k: v for k, v in cold_report.items() if k != "path"}}
 
     # 1. cold start, then GRPO
     cold = job(w, "cold", {"name": "sft"}, steps=STEPS["cold"], lr=3e-3, init=None,
                data=sft_data(str(d / "coldstart.jsonl"), "coldstart"))
-    grpo_params = {"queries": str(d / "train.jsonl"), "eval_queries": str(d / "held.jsonl"), "eval_size": 30,
+    grpo_params = {"queries": str(d / "train.jsonl"), "eval_queries": str(d / "held.jsonl"), "eval_size": 25,
                    "group_size": 8, "prompts_per_step": 8, "ppo_epochs": 2, "minibatches": 2,
                    "max_new_tokens": 24, "temperature": 1.0, "eval_interval": 5,
                    "rewards": [{"name": "math"}, {"name": "format", "weight": 0.2}]}

@@ -1,11 +1,13 @@
 """Procedurally generated, verifiable post-training data: no downloads.
 
-Problems come in four difficulty levels, each with a worked solution and one exact answer:
+Problems come in five difficulty levels, each with a worked solution and one exact answer:
 
-- 0: single-digit addition (``3+5``) — easy enough that a debugmodel-sized Qwen3 learns it in minutes;
-- 1: two-step arithmetic (``12+7-5``);
-- 2: multi-step arithmetic with a product (``(4*6)+9-3``);
-- 3: word problems (``Ana has 7 boxes of 4 pens and gives away 5. How many pens are left?``).
+- 0: place-value addition (``40+7``): tens plus units, solved by copying digits — the one task a
+  debugmodel-sized Qwen3 (dim 64, 2 layers) learns and generalises to unseen problems in minutes;
+- 1: single-digit addition (``3+5``): 100 facts to memorise;
+- 2: two-step arithmetic (``12+7-5``);
+- 3: multi-step arithmetic with a product (``(4*6)+9-3``);
+- 4: word problems (``Ana has 7 boxes of 4 pens and gives away 5. How many pens are left?``).
 
 Renderings (chat ``messages`` records, the form platform.data's ``sft`` kind reads):
 
@@ -48,17 +50,20 @@ class Problem:
 
 def _arith(rng: random.Random, difficulty: int) -> Problem:
     if difficulty == 0:
-        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        a, b = 10 * rng.randint(1, 9), rng.randint(1, 9)
         return Problem(f"What is {a}+{b}?", str(a + b), (f"{a}+{b}={a + b}",), 0)
     if difficulty == 1:
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        return Problem(f"What is {a}+{b}?", str(a + b), (f"{a}+{b}={a + b}",), 1)
+    if difficulty == 2:
         a, b = rng.randint(10, 40), rng.randint(1, 20)
         c = rng.randint(1, a + b)
         s = a + b
-        return Problem(f"What is {a}+{b}-{c}?", str(s - c), (f"{a}+{b}={s}", f"{s}-{c}={s - c}"), 1)
+        return Problem(f"What is {a}+{b}-{c}?", str(s - c), (f"{a}+{b}={s}", f"{s}-{c}={s - c}"), 2)
     a, b, c, d = rng.randint(2, 9), rng.randint(2, 9), rng.randint(1, 30), rng.randint(1, 20)
     p = a * b
     return Problem(f"What is ({a}*{b})+{c}-{d}?", str(p + c - d),
-                   (f"{a}*{b}={p}", f"{p}+{c}={p + c}", f"{p + c}-{d}={p + c - d}"), 2)
+                   (f"{a}*{b}={p}", f"{p}+{c}={p + c}", f"{p + c}-{d}={p + c - d}"), 3)
 
 
 def _word(rng: random.Random) -> Problem:
@@ -68,18 +73,18 @@ def _word(rng: random.Random) -> Problem:
     total = n * per
     q = f"{who} has {n} {box} of {per} {item} and gives away {give}. How many {item} are left?"
     steps = (f"{who} starts with {n}*{per}={total} {item}.", f"After giving away {give}: {total}-{give}={total - give}.")
-    return Problem(q, str(total - give), steps, 3)
+    return Problem(q, str(total - give), steps, 4)
 
 
 def make_problem(rng: random.Random, difficulty: int) -> Problem:
-    if difficulty not in (0, 1, 2, 3):
-        raise ValueError(f"difficulty must be 0..3, got {difficulty}")
-    return _word(rng) if difficulty == 3 else _arith(rng, difficulty)
+    if difficulty not in (0, 1, 2, 3, 4):
+        raise ValueError(f"difficulty must be 0..4, got {difficulty}")
+    return _word(rng) if difficulty == 4 else _arith(rng, difficulty)
 
 
 def problems(n: int, *, seed: int = 0, difficulties: Iterable[int] = (0,), unique: bool = False) -> list[Problem]:
     """``n`` problems, difficulty drawn uniformly from ``difficulties``. ``unique`` drops repeated
-    questions (single-digit addition has only 100)."""
+    questions (levels 0 and 1 have only 81 and 100)."""
     rng = random.Random(seed)
     levels = list(difficulties)
     out, seen = [], set()
@@ -161,7 +166,7 @@ def candidate_responses(p: Problem, rng: random.Random) -> list[dict]:
     return cands
 
 
-def coldstart_pool(pool: list[Problem], *, seed: int = 0, difficulties: Iterable[int] = (0, 1, 2, 3)) -> list[dict]:
+def coldstart_pool(pool: list[Problem], *, seed: int = 0, difficulties: Iterable[int] = (0, 1, 2, 3, 4)) -> list[dict]:
     """Cold-start queries over ``pool`` (keep held-out problems out of it), each with teacher-like
     candidates; about 30% are rewritten into queries the query filter must drop: multi-sub-question,
     unverifiable (no single answer), and answerable without reasoning (answer in the question)."""

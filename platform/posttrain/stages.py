@@ -21,7 +21,7 @@ Usage, per stage (each stage's output is the HF export ``stage_output(stage, wor
 ``prepare_stage_data`` must run before ``stage_config``'s job (it writes the data files the config
 names); T1, T2 and T4 data are procedural, T3 samples from ``policy_checkpoint`` and D from the
 teacher. ``init_checkpoint=None`` starts from the seeded random init (tests only). Preset ``tiny``:
-debugmodel on CPU, single-digit addition, each stage well under a minute of training.
+debugmodel on CPU, place-value addition (40+7), each stage well under a minute of training.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ PRESETS = ("tiny",)
 
 _TINY: dict[str, Any] = {
     "flavor": "debugmodel", "seq_len": 80, "mb": 4, "device": "cpu",
-    "problems": 75, "heldout": 25, "difficulties": [0],
+    "problems": 56, "heldout": 25, "difficulties": [0],
     "steps": {"T1": 40, "T2": 6, "T3": 30, "T4": 4, "D": 12},
     "lr": {"T1": 3e-3, "T2": 5e-4, "T3": 2e-3, "T4": 5e-4, "D": 1e-3},
     "max_new_tokens": 24, "group_size": 4, "prompts_per_step": 4,

@@ -9,7 +9,7 @@ from qwen3_trainer.platform.posttrain import coldstart as cs
 
 
 def test_pool_filtering_keeps_exactly_the_good_candidates(tmp_path):
-    train, _ = syn.split_problems(60, 10, seed=0, difficulties=[0, 1, 2, 3])
+    train, _ = syn.split_problems(60, 10, seed=0, difficulties=[0, 1, 2, 3, 4])
     pool = syn.coldstart_pool(train, seed=0)
     report = cs.run_coldstart(pool, str(tmp_path / "sft.jsonl"))
     kinds = [r.get("kind") for r in pool]

@@ -8,7 +8,7 @@ from qwen3_trainer.platform.posttrain import fusion, verifiers
 
 
 def _build(n=120, **kw):
-    probs = syn.problems(n, seed=5, difficulties=[0, 1, 2, 3])
+    probs = syn.problems(n, seed=5, difficulties=[0, 1, 2, 3, 4])
     thinking = [syn.sft_record(p, thinking=True) for p in probs[: n // 2]]
     nonthinking = [syn.sft_record(p, thinking=False) for p in probs[n // 2:]]
     return fusion.build_fusion(thinking, nonthinking, seed=0, **kw)
