@@ -62,11 +62,20 @@ def prepare_data(params: PipelineParams) -> str | None:
 
 @task(name="prepare-stage-data")
 def prepare_stage_data(stage: str, params: PipelineParams, workdir: str, init: str | None,
-                       teacher: str | None) -> None:
-    """Post-training stages make their own data (rollout prompts, SFT sets, teacher samples)."""
+                       teacher: str | None) -> dict[str, Any]:
+    """Post-training stages make their own data (cold-start SFT set, RL queries, fusion samples from
+    the T2 model, teacher responses for D) under ``<workdir>/<stage>/data``; with an s3:// root it is
+    made in a local folder and uploaded there."""
+    import tempfile
+
     from qwen3_trainer.platform.posttrain.stages import prepare_stage_data as prepare
 
-    prepare(stage, preset=params.preset, workdir=workdir, init_checkpoint=init, teacher_checkpoint=teacher)
+    if not storage.is_remote(workdir):
+        return prepare(stage, params.preset, workdir, init, teacher_checkpoint=teacher)
+    with tempfile.TemporaryDirectory(prefix="qwen3-stage-data-") as tmp:
+        report = prepare(stage, params.preset, tmp, init, teacher_checkpoint=teacher)
+        _publish(str(Path(tmp) / stage / "data"), storage.join(workdir, stage, "data"))
+    return {k: v for k, v in report.items() if not isinstance(v, str) or not v.startswith(tmp)}
 
 
 @task(name="train", retry_delay_seconds=2)
@@ -106,6 +115,13 @@ def train(spec_json: dict[str, Any], backend: str, namespace: str | None, checkp
     return latest
 
 
+@task(name="thinking-budget-curve")
+def thinking_budget_curve(checkpoint: str, budgets: list[int]) -> dict[str, list[tuple[int, float]]]:
+    from qwen3_trainer.workflows.thinking_budget import curve
+
+    return curve(checkpoint, budgets)
+
+
 # -- one stage -----------------------------------------------------------------------------------
 def run_stage(stage: str, run: StageRun) -> str:
     logger = get_run_logger()
@@ -132,6 +148,8 @@ def run_stage(stage: str, run: StageRun) -> str:
     tracking = {"mlflow_uri": lineage.uri, "experiment": params.experiment, "run_id": run_id}
     cfg = p.config(params.root, init=run.init_checkpoint, teacher=run.teacher_checkpoint,
                    dump=_dump_dir(params.backend, stage, p.config_hash), tracking=tracking)
+    hf_uri = cfg["checkpoint"].get("export_hf")
+    staged_hf = _stage_hf_locally(cfg, params)
     spec = stage_job.build_spec(stage, preset, p.config_hash, cfg, backend=params.backend,
                                 pipeline_id=run.pipeline_id, namespace=params.namespace,
                                 remote_storage=storage.is_remote(params.root))
@@ -148,7 +166,8 @@ def run_stage(stage: str, run: StageRun) -> str:
         if run_id:
             lineage.end(run_id, "KILLED" if status == "cancelled" else "FAILED")
         raise
-    hf_uri = cfg["checkpoint"].get("export_hf")
+    if staged_hf:
+        _publish(staged_hf, hf_uri)
     record = CheckpointRecord(stage=stage, config_hash=p.config_hash, checkpoint_uri=checkpoint, hf_uri=hf_uri,
                               init_checkpoint=run.init_checkpoint, teacher_checkpoint=run.teacher_checkpoint,
                               mlflow_run_id=run_id, pipeline_id=run.pipeline_id)
@@ -156,6 +175,10 @@ def run_stage(stage: str, run: StageRun) -> str:
     if run_id:
         lineage.tag(run_id, checkpoint_uri=checkpoint, hf_uri=hf_uri or "none", job=spec.name)
         record.metrics = {k: v for k, v in lineage.summary(run_id).items() if k in SUMMARY_KEYS}
+        if preset.thinking_budgets and stage in preset.thinking_eval_stages:
+            curve = thinking_budget_curve(checkpoint, preset.thinking_budgets)
+            lineage.log_thinking_curve(run_id, curve)
+            record.metrics.update({f"think_acc@{b}": v for b, v in curve["accuracy"]})
         lineage.log_stage_plots(run_id, stage)
         if params.register_models and hf_uri:
             model_version = lineage.register_model(run_id, params.preset, stage, hf_uri)
@@ -165,6 +188,26 @@ def run_stage(stage: str, run: StageRun) -> str:
     _stage_artifact(stage, p, record, lineage.url(run_id) if run_id else None, model_version=model_version)
     logger.info("%s: checkpoint %s", stage, checkpoint)
     return checkpoint
+
+
+def _stage_hf_locally(cfg: dict[str, Any], params: PipelineParams) -> str | None:
+    """Local jobs with an s3:// root write the HF export to their dump dir; the flow publishes it.
+    (``model.storage.staged_directory``'s S3 publish fails: s3fs ``mv`` of a prefix raises after
+    copying. Jobs on Kubernetes export straight to S3 and need that fix.)"""
+    if params.backend != "local" or not storage.is_remote(params.root) or not cfg["checkpoint"].get("export_hf"):
+        return None
+    local = f"{cfg['dump_dir']}/hf"
+    cfg["checkpoint"]["export_hf"] = local
+    return local
+
+
+def _publish(local: str, uri: str) -> None:
+    fs, target = storage.filesystem(uri)
+    files = sorted(p for p in Path(local).rglob("*") if p.is_file())
+    if not files:
+        raise RuntimeError(f"no HF export in {local}")
+    for f in files:
+        fs.put_file(str(f), f"{target.rstrip('/')}/{f.relative_to(local)}")
 
 
 _PLANS: dict[str, dict[str, StagePlan]] = {}

@@ -110,7 +110,7 @@ class Lineage:
         if loss:
             out.append(self._plot(run_id, "loss.png", f"{stage} loss", {"loss": loss}, "step", "loss"))
         keys = [k for k in self.client.get_run(run_id).data.metrics if k.startswith(THINKING_PREFIXES)]
-        if keys:
+        if keys and "plots/thinking_budget.png" not in [a.path for a in self.client.list_artifacts(run_id, "plots")]:
             curves = {k: self.history(run_id, k) for k in sorted(keys)}
             out.append(self._plot(run_id, "thinking_budget.png", f"{stage} thinking budget", curves,
                                   "thinking budget (tokens)", "value"))
@@ -129,11 +129,14 @@ class Lineage:
         return self._plot(parent_run_id, "pipeline_loss.png", "loss through the pipeline", curves,
                           "step (cumulative)", "loss")
 
-    def log_thinking_curve(self, run_id: str, points: list[tuple[int, float]], name: str) -> str:
-        for budget, value in points:
-            self.client.log_metric(run_id, f"thinking_budget/{name}", value, step=budget)
-        return self._plot(run_id, "thinking_budget.png", f"{name} vs thinking budget", {name: points},
-                          "thinking budget (tokens)", name)
+    def log_thinking_curve(self, run_id: str, curves: dict[str, list[tuple[int, float]]]) -> str:
+        """Metrics ``thinking_budget/<name>`` (step = budget in tokens) and thinking_budget.png."""
+        for name, points in curves.items():
+            for budget, value in points:
+                self.client.log_metric(run_id, f"thinking_budget/{name}", value, step=budget)
+        shown = {k: v for k, v in curves.items() if k != "response_tokens"}
+        return self._plot(run_id, "thinking_budget.png", "held-out accuracy vs thinking budget", shown,
+                          "thinking budget (tokens)", "rate")
 
     def _plot(self, run_id: str, filename: str, title: str, curves: dict[str, list[tuple[int, float]]],
               xlabel: str, ylabel: str) -> str:

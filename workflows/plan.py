@@ -103,12 +103,28 @@ def plan(params: PipelineParams) -> dict[str, StagePlan]:
     for stage in (s for s in STAGES if s in needed):
         template = sc.template(stage, preset, data_root=_data_root(preset))
         if params.max_steps:
-            template["training"]["steps"] = min(template["training"]["steps"], params.max_steps)
-        up = UPSTREAM[stage]
+            _cap_steps(template, params.max_steps)
+        up = _upstream(stage, preset)
         teacher = "T4" if stage == "D" else None
         upstream_hashes = [plans[s].config_hash for s in (up, teacher) if s]
         plans[stage] = StagePlan(stage, sc.config_hash(stage, template, upstream_hashes), template, up, teacher)
     return plans
+
+
+def _upstream(stage: str, preset: Preset) -> str | None:
+    """D's student starts from the pretrained base (S3) when it has the teacher's shape (tiny);
+    a smaller student flavor starts from its own base, outside this pipeline."""
+    if stage == "D":
+        return "S3" if preset.student_flavor == preset.teacher_flavor else None
+    return UPSTREAM[stage]
+
+
+def _cap_steps(template: dict[str, Any], max_steps: int) -> None:
+    steps = min(template["training"]["steps"], max_steps)
+    template["training"]["steps"] = steps
+    params = (template.get("objective") or {}).get("params") or {}
+    if "offpolicy_steps" in params:  # D: the off-policy phase fits inside the capped run
+        params["offpolicy_steps"] = min(params["offpolicy_steps"], max(steps // 2, 1))
 
 
 def _with_dependencies(stages: list[str]) -> set[str]:
@@ -118,7 +134,8 @@ def _with_dependencies(stages: list[str]) -> set[str]:
         stage = todo.pop()
         if stage not in out:
             out.add(stage)
-            todo += [s for s in (UPSTREAM[stage], "T4" if stage == "D" else None) if s]
+            todo += [s for s in (UPSTREAM[stage] or ("S3" if stage == "D" else None),
+                                 "T4" if stage == "D" else None) if s]
     return out
 
 

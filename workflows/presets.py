@@ -34,7 +34,7 @@ FLOW_NAMES = {"S1": "s1-general", "S2": "s2-reasoning", "S3": "s3-long-context",
               "T2": "t2-reasoning-rl", "T3": "t3-fusion", "T4": "t4-general-rl", "D": "d-distillation"}
 ALIASES = {"S1": "S1-general", "S2": "S2-reasoning", "S3": "S3-long-context", "T1": "T1-cold-start",
            "T2": "T2-reasoning-rl", "T3": "T3-fusion", "T4": "T4-general-rl", "D": "distilled"}
-# the stage each stage starts from (D starts from scratch as the student; its teacher is T4)
+# the stage each stage starts from; D's student: see plan._upstream (its teacher is T4)
 UPSTREAM = {"S1": None, "S2": "S1", "S3": "S2", "T1": "S3", "T2": "T1", "T3": "T2", "T4": "T3", "D": None}
 
 
@@ -84,6 +84,9 @@ class Preset(_Strict):
     corpus_megabytes: float = 0.0               # tiny: size of the locally generated corpus (0: bring data)
     data_root: str | None = None                # full: where the stage corpora live (s3://...)
     retries: int = Field(2, ge=0)               # Prefect task retries of a failed stage job
+    vocab_size: int | None = None               # model.vocab_size of every stage (None: the flavor's rows)
+    thinking_budgets: list[int] = []            # budgets of the thinking-budget curve (in-process eval)
+    thinking_eval_stages: list[str] = ["T4", "D"]  # checkpoints that get the curve
     stages: dict[str, StageKnobs]
 
     def knobs(self, stage: str) -> StageKnobs:
@@ -106,7 +109,10 @@ def _tiny() -> Preset:
             for s in ("T1", "T2", "T3", "T4", "D")}
     return Preset(name="tiny", description="debugmodel on one CPU process per stage, minutes end to end",
                   teacher_flavor="debugmodel", student_flavor="debugmodel", corpus_megabytes=0.4, retries=1,
-                  stages={**pre, **post})
+                  thinking_budgets=[0, 8, 16, 32], stages={**pre, **post},
+                  # the tokenizer's 151,669 ids exactly: the flavor's 267 padding rows stay untrained in a
+                  # miniature run, and rollouts (T2-T4, D) sampling one would emit an undecodable id
+                  vocab_size=151_669)
 
 
 # full scale: 8 x H200 per node; 235B-A22B with EP 8 x PP 4 on 32 nodes (64-way data parallel). Global

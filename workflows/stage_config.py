@@ -75,6 +75,8 @@ def template(stage: str, preset: Preset, data_root: str = "{root}/data") -> dict
     knobs = preset.knobs(stage)
     cfg = pretrain_config(knobs, data_root=data_root) if stage in PRETRAIN else posttrain_config(stage, preset)
     cfg.pop("tracking", None)  # set per run by the pipeline (MLflow child run)
+    if preset.vocab_size:
+        cfg["model"] = {**cfg["model"], "vocab_size": preset.vocab_size}
     return cfg
 
 
