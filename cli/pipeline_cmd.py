@@ -16,6 +16,7 @@ MLflow: --mlflow-uri or MLFLOW_TRACKING_URI (else sqlite under $QTRAIN_HOME).
 from __future__ import annotations
 
 import os
+import signal
 from typing import Annotated
 
 import typer
@@ -69,6 +70,8 @@ def run_cmd(
     from qwen3_trainer.workflows.flows import qwen3_pipeline
 
     pipeline_id = new_pipeline_id(params.preset)
+    # SIGTERM (a stopped worker, `kill`) unwinds like Ctrl-C: the running stage cancels its job first
+    signal.signal(signal.SIGTERM, _terminate)
     console.print(f"pipeline [bold]{pipeline_id}[/] · root {params.root} · stages {','.join(params.stages)}")
     try:
         qwen3_pipeline(params, pipeline_id=pipeline_id)
@@ -76,6 +79,10 @@ def run_cmd(
         fail(f"pipeline {pipeline_id} failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
              f"qtrain pipeline show --id {pipeline_id} --root {params.root}", code=1)
     _show(Registry(params.root).load_pipeline(pipeline_id), as_json)
+
+
+def _terminate(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @app.command("show")

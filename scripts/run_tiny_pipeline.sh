@@ -8,7 +8,8 @@
 #
 # Re-running skips the stages already registered complete. The servers keep running afterwards so
 # the UIs stay browsable; the last lines printed say how to stop them. Env: QTRAIN_HOME (state,
-# default ~/.qtrain), MLFLOW_PORT (5000), PREFECT_PORT (4200), SKIP_INSTALL=1 (reuse .venv as is).
+# default ~/.qtrain), MLFLOW_PORT (5000), PREFECT_PORT (4200), SKIP_INSTALL=1 (reuse .venv as is),
+# BENCH_OUT=benchmarks/results/pipeline_tiny_cpu.json (record the run as a benchmark result).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -53,9 +54,13 @@ wait_up "$PREFECT_URL/api/health" "Prefect" "$STATE/prefect-server.log" 180
 
 export MLFLOW_TRACKING_URI="$MLFLOW_URL" PREFECT_API_URL="$PREFECT_URL/api" QTRAIN_HOME="$STATE"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+load=$(cut -d' ' -f1 /proc/loadavg)
 start=$SECONDS
 "$BIN/qtrain" pipeline run --preset tiny "$@"
-echo "pipeline finished in $((SECONDS - start)) s"
+echo "pipeline finished in $((SECONDS - start)) s (script: $SECONDS s)"
+if [ -n "${BENCH_OUT:-}" ]; then   # record a benchmark result (BENCHMARKS.md, Pipeline)
+  "$BIN/python" scripts/bench_pipeline.py --wall $((SECONDS - start)) --total $SECONDS --load-before "$load" --out "$BENCH_OUT"
+fi
 
 cat <<EOF
 
@@ -64,6 +69,6 @@ Browse the run:
            (Artifacts > plots), registered models qwen3-tiny-teacher / qwen3-tiny-student (Models)
   Prefect  $PREFECT_URL/runs   flow run "qwen3-pipeline" (graph, stage sub-flows, artifacts)
   CLI      $BIN/qtrain pipeline show --latest      $BIN/qtrain pipeline ls
-Stop the servers:
-  kill \$(cat $STATE/mlflow-server.pid) \$(cat $STATE/prefect-server.pid)
+Stop the servers this script started:
+  kill \$(cat $STATE/mlflow-server.pid $STATE/prefect-server.pid 2>/dev/null)
 EOF

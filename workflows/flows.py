@@ -79,7 +79,8 @@ def prepare_stage_data(stage: str, params: PipelineParams, workdir: str, init: s
 
 
 @task(name="train", retry_delay_seconds=2)
-def train(spec_json: dict[str, Any], backend: str, namespace: str | None, checkpoint_dir: str) -> str:
+def train(spec_json: dict[str, Any], backend: str, namespace: str | None, checkpoint_dir: str,
+          where: tuple[str, str, str]) -> str:
     """Run the stage's job to completion; returns the final complete checkpoint. A failed job raises,
     and Prefect's retry resubmits it: the trainer resumes from the newest complete checkpoint."""
     from qwen3_trainer.platform.jobs import JobSpec
@@ -89,6 +90,10 @@ def train(spec_json: dict[str, Any], backend: str, namespace: str | None, checkp
     spec = JobSpec.model_validate(spec_json)
     steps = int(spec.train["training"]["steps"]) if isinstance(spec.train, dict) else 0
     progress = create_progress_artifact(0.0, key=f"{spec.name}-progress", description=f"{spec.name}: training steps")
+    root, pipeline_id, stage = where
+    registry = Registry(root)
+    attempts = registry.load_pipeline(pipeline_id).stages[stage].attempts + 1
+    registry.update_stage(pipeline_id, stage, attempts=attempts)
     resumed = Checkpointer(checkpoint_dir).latest()
     if resumed:
         logger.info("resuming %s from %s", spec.name, resumed)
@@ -130,6 +135,11 @@ def run_stage(stage: str, run: StageRun) -> str:
     plans = preflight_cached(params)
     p: StagePlan = plans[stage]
     registry = Registry(params.root)
+    try:
+        registry.load_pipeline(run.pipeline_id)
+    except ValueError:  # a stage flow run on its own (deployment, UI): its own record
+        registry.save_pipeline(PipelineRecord(pipeline_id=run.pipeline_id, preset=params.preset, root=params.root,
+                                              backend=params.backend))
     done = registry.completed(stage, p.config_hash)
     if done is not None:
         logger.info("%s: registered complete for config %s: %s (skipped)", stage, p.config_hash, done.checkpoint_uri)
@@ -159,7 +169,8 @@ def run_stage(stage: str, run: StageRun) -> str:
         if stage not in PRETRAIN:
             prepare_stage_data(stage, params, workdir, run.init_checkpoint, run.teacher_checkpoint)
         checkpoint = train.with_options(retries=preset.retries)(
-            spec.model_dump(mode="json"), params.backend, params.namespace, cfg["checkpoint"]["dir"])
+            spec.model_dump(mode="json"), params.backend, params.namespace, cfg["checkpoint"]["dir"],
+            (params.root, run.pipeline_id, stage))
     except BaseException as exc:
         status = "cancelled" if not isinstance(exc, Exception) else "failed"
         registry.update_stage(run.pipeline_id, stage, status=status, error=str(exc)[:500], finished_at=now())
