@@ -31,7 +31,7 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def writer(path: str):
     if storage.is_remote(path):
-        from torch.distributed.checkpoint import FsspecWriter
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
 
         return FsspecWriter(path, sync_files=False)
     return dcp.FileSystemWriter(path)
@@ -39,7 +39,7 @@ def writer(path: str):
 
 def reader(path: str):
     if storage.is_remote(path):
-        from torch.distributed.checkpoint import FsspecReader
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
 
         return FsspecReader(path)
     return dcp.FileSystemReader(path)
@@ -67,7 +67,7 @@ def load_model_dcp(path: str, *, device: str | torch.device = "cpu") -> Qwen3Mod
     args = read_args(path)
     model = materialize(build_model(args, device="meta", init=False, compute_device=device), device)
     state = {MODEL_KEY: model_state(model)}
-    dcp.load(state, storage_reader=reader(path))
+    dcp.load(state, storage_reader=reader(path), no_dist=True)  # one process, even inside a job
     model.load_state_dict(state[MODEL_KEY], strict=False)
     if args.enable_weight_tying:
         model.output.weight = model.tok_embeddings.weight

@@ -8,6 +8,7 @@ temporary folder and published only when complete, so a failed write leaves noth
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -118,12 +119,22 @@ def staged_directory(dest: str) -> Iterator[Path]:
     fs, p = filesystem(dest)
     with tempfile.TemporaryDirectory(prefix="qwen3-up-") as tmp:
         yield Path(tmp)
+        # Object stores have no rename: upload under a temporary prefix, then server-side copy each
+        # object into place with the small metadata files (config, index, markers) last, so a
+        # reader keyed on them never sees partial weights; the temporary prefix is then removed.
+        files = sorted((f for f in Path(tmp).rglob("*") if f.is_file()),
+                       key=lambda f: (f.suffix in (".json", ".txt", "") or f.name.startswith("."), str(f)))
         tmp_prefix = f"{p}.tmp-{uuid.uuid4().hex[:8]}"
         try:
-            fs.put(tmp.rstrip("/") + "/", tmp_prefix + "/", recursive=True)
+            for f in files:
+                fs.put_file(str(f), f"{tmp_prefix}/{f.relative_to(tmp).as_posix()}")
             if fs.exists(p):
                 fs.rm(p, recursive=True)
-            fs.mv(tmp_prefix, p, recursive=True)
+            for f in files:
+                rel = f.relative_to(tmp).as_posix()
+                fs.copy(f"{tmp_prefix}/{rel}", f"{p}/{rel}")
         except Exception as exc:
-            fs.rm(tmp_prefix, recursive=True) if fs.exists(tmp_prefix) else None
             raise StorageError(f"cannot write to {dest}: {exc}") from exc
+        finally:
+            with contextlib.suppress(Exception):
+                fs.rm(tmp_prefix, recursive=True)

@@ -61,6 +61,10 @@ class Checkpointer:
         self.root = root.rstrip("/")
         self.keep_last = keep_last
         self.async_save = async_save
+        # Async saves run their collectives on a background thread: they get a gloo group of their
+        # own, or they would interleave with the training step's collectives on the default group.
+        # new_group is collective: every rank constructs the Checkpointer at the same point.
+        self._pg = dist.new_group(backend="gloo") if async_save and dist.is_initialized() else None
         self.rank = rank
         self.model_config = model_config
         self._pending: Future | None = None
@@ -92,7 +96,7 @@ class Checkpointer:
         if self.rank == 0 and self.model_config is not None:
             self._write_json(storage.join(path, "config.json"), self.model_config)
         if self.async_save and not force_sync:
-            fut = dcp.async_save(state, storage_writer=writer(path), checkpoint_id=path)
+            fut = dcp.async_save(state, storage_writer=writer(path), checkpoint_id=path, process_group=self._pg)
             if self.rank == 0:
                 fut.add_done_callback(lambda f, p=path: self._commit(p, f))
             self._pending = fut

@@ -66,7 +66,8 @@ class TrainingSection(_Strict):
     seq_len: int = Field(4096, gt=0)
     seed: int = 0
     max_norm: float = Field(1.0, gt=0)  # gradient clipping
-    param_dtype: Literal["float32", "bfloat16"] = "float32"  # FSDP mixed-precision compute dtype
+    param_dtype: Literal["float32", "bfloat16"] = "float32"  # mixed-precision compute dtype (FSDP or autocast)
+    dtype: Literal["float32", "bfloat16"] = "float32"  # storage dtype of weights + optimizer ("pure bf16")
     reduce_dtype: Literal["float32"] = "float32"
     deterministic: bool = False
     device: Literal["auto", "cpu", "cuda"] = "auto"

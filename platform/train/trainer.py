@@ -123,6 +123,13 @@ class Trainer:
             retie(part)
         self.model_parts = parts
         self._init_weights()
+        if self.cfg.training.dtype == "bfloat16":  # pure bf16: weights and optimizer state
+            for part in parts:
+                part.to(torch.bfloat16)
+        # without FSDP (one device / DDP / TP-only), mixed precision is autocast
+        use_amp = (self.cfg.training.param_dtype == "bfloat16" and self.cfg.training.dtype == "float32"
+                   and not self.pdims.fsdp_enabled)
+        self.amp = (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
         for part in parts:
             part.train()
 
@@ -135,10 +142,10 @@ class Trainer:
             return
         if count_params(self.model_args).total <= FULL_INIT_MAX_PARAMS:
             # the same seeded full init on every rank: any parallelism starts from identical weights
-            full = build_model(self.model_args, device="cpu", seed=self.cfg.training.seed,
-                               compute_device=self.device).state_dict()
+            full = build_model(self.model_args, device=self.device, seed=self.cfg.training.seed).state_dict()
             for part in self.model_parts:
                 set_model_state_dict(part, full, options=StateDictOptions(full_state_dict=True, strict=False))
+            del full
         else:
             torch.manual_seed(self.cfg.training.seed + self.env.rank)
             with torch.no_grad():
@@ -223,6 +230,10 @@ class Trainer:
         normalizer = self._all_reduce(torch.tensor([float(local_tokens)], device=self.device))
         self._normalizer = float(normalizer.clamp(min=1.0)) / parallel.ddp_grad_scale(self.pdims)
         step_tokens = sum(b["input_ids"].numel() for b in batches) * self.dp_world
+        # order-sensitive checksum of the step's global batch: resume tests compare data order
+        checksum = sum(float((b["input_ids"].double() * torch.arange(1, b["input_ids"].numel() + 1,
+                       device=self.device, dtype=torch.float64).view_as(b["input_ids"])).sum().remainder(1e9))
+                       for b in batches)
         if self.balancer is not None:
             self.balancer.step_begin(step_tokens)
         sums: dict[str, float] = {}
@@ -243,7 +254,8 @@ class Trainer:
             model = self.model_parts[0]
             self.ctx.step = self.step
             for b in batches:
-                logits = self._forward(model, b)
+                with self.amp():
+                    logits = self._forward(model, b)
                 mb_loss, metrics = self.objective.loss(logits, b, self._normalizer, self.ctx)
                 mb_loss.backward()
                 loss += mb_loss.detach()
@@ -255,11 +267,12 @@ class Trainer:
         self.lr_schedulers.step()
         self.step += 1
         loss = self._all_reduce(loss.reshape(1)).item() / parallel.ddp_grad_scale(self.pdims)
+        checksum = self._all_reduce(torch.tensor([checksum], device=self.device, dtype=torch.float64)).item()
         dt = time.perf_counter() - t0
         tokens = step_tokens
         out = {"loss": loss, "grad_norm": float(grad_norm), "lr": self.lr_schedulers.schedulers[0].get_last_lr()[0],
                "step_seconds": dt, "tokens_per_s": tokens / dt, "tokens": tokens,
-               "loss_tokens": float(normalizer.item())}
+               "loss_tokens": float(normalizer.item()), "data/checksum": checksum}
         out["tflops_per_device"] = self.flops_per_token * tokens / dt / self.env.world_size / 1e12
         if self.peak:
             out["mfu"] = out["tflops_per_device"] * 1e12 / self.peak
