@@ -31,7 +31,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SEQ = 80
-STEPS = {"cold": 120, "student": 30, "grpo": 40, "fusion": 80, "distill": 40}
+STEPS = {"cold": 120, "student": 30, "grpo": 40, "fusion": 60, "distill": 30}
 
 
 def job(workdir: Path, name: str, objective: dict, *, steps: int, lr: float, init: str | None,

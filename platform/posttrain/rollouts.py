@@ -68,10 +68,11 @@ def prompt_ids(tokenizer, prompt: list[dict], soft_switch: bool = True) -> list[
 
 def response_text(tokenizer, prompt: list[dict], tokens: list[int], soft_switch: bool = True) -> str:
     """The assistant's whole reply: the pre-filled empty think block (if the prompt had one) + the
-    generated text, stop ids dropped."""
+    generated text, stop ids dropped. Sampling can reach the vocabulary's padding rows (ids past the
+    tokenizer's last one): they have no text and are dropped here (they stay in the trained tokens)."""
     from qwen3_trainer.model.chat_template import NO_THINK_PREFILL
 
-    text = tokenizer.decode([t for t in tokens if t not in tokenizer.stop_ids])
+    text = tokenizer.decode([t for t in tokens if t not in tokenizer.stop_ids and t < tokenizer.vocab_size])
     return (NO_THINK_PREFILL + text) if soft_switch and not prompt_thinking(prompt) else text
 
 

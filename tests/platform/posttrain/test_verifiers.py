@@ -69,3 +69,13 @@ def test_safe_reward_counts_exceptions_as_zero():
     nan = v.SafeReward(lambda r, a: float("nan"), "nan")
     assert nan("x", "1") == 0.0 and nan.error_count == 1
     assert v.SafeReward(v.math_reward, "math")("\\boxed{2}", "2") == 1.0
+
+
+def test_response_text_drops_padding_rows_and_adds_the_prefill():
+    from qwen3_trainer.model.tokenizer import load_tokenizer
+    from qwen3_trainer.platform.posttrain.rollouts import response_text
+
+    tok = load_tokenizer()
+    ids = tok.encode("\\boxed{4}") + [151776, tok.im_end]  # 151776: a padding row sampling can reach
+    assert response_text(tok, [{"role": "user", "content": "q /think"}], ids) == "\\boxed{4}"
+    assert response_text(tok, [{"role": "user", "content": "q /no_think"}], ids) == "<think>\n\n</think>\n\n\\boxed{4}"
