@@ -36,13 +36,14 @@ def test_tiny_pipeline_on_s3_mlflow_prefect(s3_bucket, mlflow_server, prefect_se
 
     from qwen3_trainer.cli.pipeline_cmd import app
     from qwen3_trainer.workflows.flows import qwen3_pipeline
-    from qwen3_trainer.workflows.plan import PipelineParams
+    from qwen3_trainer.workflows.plan import PipelineParams, plan
     from qwen3_trainer.workflows.registry import Registry
 
     stages = _stages()
     root = f"{s3_bucket}/runs"
     params = PipelineParams(preset="tiny", root=root, stages=stages, mlflow_uri=mlflow_server,
                             experiment="e2e", max_steps=2)
+    plans = plan(params)
     checkpoints = qwen3_pipeline(params, pipeline_id="tiny-e2e-1")
     assert list(checkpoints) == stages
 
@@ -73,7 +74,8 @@ def test_tiny_pipeline_on_s3_mlflow_prefect(s3_bucket, mlflow_server, prefect_se
         tags = run.data.tags
         assert tags["mlflow.parentRunId"] == parent.info.run_id and run.info.run_name == FLOW_NAMES[stage]
         assert run.info.status == "FINISHED" and tags["qwen3.checkpoint_uri"] == checkpoints[stage]
-        up = UPSTREAM[stage]
+        up = plans[stage].upstream  # D's student starts from the S3 base (same flavor in tiny)
+        assert up == (UPSTREAM[stage] or ("S3" if stage == "D" else None))
         assert tags["qwen3.init_checkpoint"] == (checkpoints[up] if up else "none")
         if stage == "D":
             assert tags["qwen3.teacher_checkpoint"] == checkpoints["T4"]
