@@ -30,7 +30,8 @@ IMPLS = {
     "qwen3-trainer-bf16": {"compile": False, "dtype": "bfloat16"},
     "qwen3-trainer-bf16-compile": {"compile": True, "dtype": "bfloat16"},
     "qwen3-trainer-mp-compile": {"compile": True, "dtype": "float32", "param_dtype": "bfloat16"},
-    "qwen3-trainer-fp8-compile": {"compile": True, "dtype": "bfloat16", "float8": True},
+    "qwen3-trainer-fp8-compile": {"compile": True, "dtype": "bfloat16", "float8": "tensorwise"},
+    "qwen3-trainer-fp8-rowwise-compile": {"compile": True, "dtype": "bfloat16", "float8": "rowwise"},
 }
 
 
@@ -113,7 +114,8 @@ def run_ours(flavor: str, impl: str, seq: int, mb: int, steps: int, warmup: int,
         "optimizer": {"lr": 1e-5},
         "lr": {"schedule": "constant"},
         "compile": knobs["compile"],
-        "float8": knobs.get("float8", False),
+        "float8": bool(knobs.get("float8")),
+        "float8_recipe": knobs.get("float8") or "tensorwise",
         "dump_dir": "/tmp/qwen3-bench",
     })
     trainer = Trainer(cfg)
@@ -128,7 +130,7 @@ def run_ours(flavor: str, impl: str, seq: int, mb: int, steps: int, warmup: int,
     settings = (f"qwen3-trainer Trainer.train_step, torchtitan 0.2.2 model, "
                 f"{'pure bf16' if knobs.get('dtype') == 'bfloat16' else 'fp32 weights + bf16 autocast'}, "
                 f"{'torch.compile per block' if knobs['compile'] else 'eager'}, "
-                f"{'float8 rowwise linears, ' if knobs.get('float8') else ''}cuDNN SDPA first, AdamW "
+                f"{'float8 ' + knobs['float8'] + ' linears, ' if knobs.get('float8') else ''}cuDNN SDPA first, AdamW "
                 f"({trainer.job_config.optimizer.implementation}), mb={mb}")
     return {"seconds": times, "loss": loss, "settings": settings}
 

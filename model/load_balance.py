@@ -63,7 +63,7 @@ class _LayerStats:
     prob_sum: torch.Tensor | None = None  # [E] global sum of router probs so far (detached)
     tokens: int = 0  # global tokens seen so far this step
     pending: torch.Tensor | None = None  # this micro-batch's local prob sums, with grad
-    micro_values: list[float] = field(default_factory=list)
+    micro_values: list[torch.Tensor] = field(default_factory=list)
 
 
 class GlobalBatchLoadBalancer:
@@ -101,19 +101,21 @@ class GlobalBatchLoadBalancer:
             stats.pending = F.softmax(logits.float(), dim=-1).sum(dim=0)
 
         def on_router(_mod, _inp, out):
+            # no host synchronisation here: everything stays on the device until step_end()
             if _in_backward():
                 return
             counts = out[2].detach().to(torch.float64)
             n_local = out[1].shape[0]
-            n_tokens = torch.tensor([n_local], dtype=torch.float64, device=counts.device)
             probs = stats.pending.detach().to(torch.float64)
             # the conventional per-micro-batch form (this rank, this micro-batch), for comparison
             f_local = counts / (stats.top_k * n_local)
-            stats.micro_values.append(float(stats.num_experts * (f_local * probs / n_local).sum()))
-            packed = torch.cat([counts, probs, n_tokens])
+            stats.micro_values.append(stats.num_experts * (f_local * probs / n_local).sum())
+            n = n_local
             if self.dp_group is not None and dist.get_world_size(self.dp_group) > 1:
+                packed = torch.cat([counts, probs])
                 dist.all_reduce(packed, group=self.dp_group)
-            counts, probs, n = packed[: stats.num_experts], packed[stats.num_experts : -1], int(packed[-1])
+                counts, probs = packed[: stats.num_experts], packed[stats.num_experts :]
+                n = n_local * dist.get_world_size(self.dp_group)  # every rank runs the same micro-batch shape
             stats.counts = counts if stats.counts is None else stats.counts + counts
             stats.prob_sum = probs if stats.prob_sum is None else stats.prob_sum + probs
             stats.tokens += n
@@ -152,7 +154,7 @@ class GlobalBatchLoadBalancer:
             f = s.counts / (s.top_k * s.tokens)
             p = s.prob_sum / s.tokens
             glob.append(float(s.num_experts * (f * p).sum()))
-            micro.append(sum(s.micro_values) / len(s.micro_values))
+            micro.append(float(torch.stack(s.micro_values).mean()))
             imbalance.append(float(s.counts.max() / s.counts.mean()))
         n = len(self._layers)
         return {

@@ -134,7 +134,8 @@ class TrainConfig(_Strict):
     lr: LRSection = Field(default_factory=LRSection)
     activation_checkpointing: Literal["none", "full", "selective"] = "none"
     compile: bool = False
-    float8: bool = False  # GPU only (torchao / torchtitan converter)
+    float8: bool = False  # GPU only (torchao / torchtitan converter): linears in float8
+    float8_recipe: Literal["tensorwise", "rowwise"] = "tensorwise"  # torchao scaling recipe
     moe: MoESection = Field(default_factory=MoESection)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)

@@ -40,7 +40,8 @@ class Objective(Protocol):
 
     def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor], normalizer: float,
              ctx: ObjectiveContext) -> tuple[torch.Tensor, dict[str, float]]:
-        """(loss to backward, metrics summed over the step)."""
+        """(loss to backward, metrics summed over the step: floats or 0-d tensors, which the
+        trainer reads once at the end of the step to avoid a device sync per micro-batch)."""
         ...
 
     def loss_tokens(self, batch: dict[str, torch.Tensor]) -> int:
@@ -65,15 +66,20 @@ class TokenCrossEntropy:
             raise ValueError(f"objective {name!r} takes no params, got {sorted(params)}")
         self.name = name
 
+        self._ce = token_cross_entropy
+
+    def compile(self) -> None:
+        self._ce = torch.compile(token_cross_entropy)
+
     def loss_tokens(self, batch):
         return int((batch["labels"] != IGNORE).sum())
 
     def loss(self, logits, batch, normalizer, ctx):
-        ce = token_cross_entropy(logits, batch["labels"])
+        ce = self._ce(logits, batch["labels"])
         if "weights" in batch:
             ce = ce * batch["weights"].to(ce.dtype)
         total = ce.sum()
-        return total / normalizer, {"loss_sum": float(total.detach())}
+        return total / normalizer, {"loss_sum": total.detach()}
 
 
 _REGISTRY: dict[str, Callable[..., Objective]] = {

@@ -222,7 +222,7 @@ def to_job_config(cfg: TrainConfig, dims: dict[str, int]):
     jc.parallelism.pipeline_parallel_microbatch_size = t.micro_batch_size
     jc.parallelism.disable_loss_parallel = True
     if cfg.float8:
-        jc.model.converters = ["float8"]
-        jc.quantize.linear.float8.recipe_name = "rowwise"
+        jc.model.converters = ["quantize.linear.float8"]
+        jc.quantize.linear.float8.recipe_name = cfg.float8_recipe
         jc.quantize.linear.float8.filter_fqns = ["output", "router.gate"]
     return jc

@@ -51,6 +51,8 @@ class Trainer:
 
         self.model_args = self._model_args()
         self.objective = build_objective(cfg.objective.name, cfg.objective.params)
+        if cfg.compile and hasattr(self.objective, "compile"):
+            self.objective.compile()  # fuse the fp32 up-cast + log-softmax over the 151,936 logits
         self.ctx = ObjectiveContext()
         self._build_model()
         self._build_optim()
@@ -95,6 +97,7 @@ class Trainer:
         model = build_model(args, device="meta", init=False, compute_device=self.device)
         self.converters = None
         if self.cfg.float8:
+            import torchtitan.components.quantization  # noqa: F401 - registers the float8 converters
             from torchtitan.protocols.model_converter import build_model_converters
 
             self.converters = build_model_converters(self.job_config, self.pdims)
@@ -224,9 +227,10 @@ class Trainer:
     def train_step(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
         """One optimizer step over this rank's micro-batches (from the loader or a rollout)."""
         t0 = time.perf_counter()
-        batches = [{k: v.to(self.device) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
+        local_tokens = sum(self.objective.loss_tokens(b) for b in batches)  # on the host copy: no sync
+        batches = [{k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
+                   for b in batches]
         self.optimizers.zero_grad()
-        local_tokens = sum(self.objective.loss_tokens(b) for b in batches)
         normalizer = self._all_reduce(torch.tensor([float(local_tokens)], device=self.device))
         self._normalizer = float(normalizer.clamp(min=1.0)) / parallel.ddp_grad_scale(self.pdims)
         step_tokens = sum(b["input_ids"].numel() for b in batches) * self.dp_world
@@ -259,7 +263,7 @@ class Trainer:
                 mb_loss, metrics = self.objective.loss(logits, b, self._normalizer, self.ctx)
                 mb_loss.backward()
                 loss += mb_loss.detach()
-                for k, v in metrics.items():
+                for k, v in metrics.items():  # tensors stay on the device until the step ends
                     sums[k] = sums.get(k, 0.0) + v
                 del logits
         grad_norm = self._clip()
@@ -279,7 +283,7 @@ class Trainer:
         if self.balancer is not None:
             out.update(self.balancer.step_end())
         for k, v in sums.items():
-            out[f"objective/{k}"] = v
+            out[f"objective/{k}"] = float(v)
         out.update(memory_gib(self.device))
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss is {loss} at step {self.step}")
