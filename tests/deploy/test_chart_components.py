@@ -8,7 +8,7 @@ import re
 
 import pytest
 import yaml
-from conftest import CHART, NAMESPACE, RELEASE, VALUES_FILES, helm_template, load_docs, run
+from chart_helpers import CHART, NAMESPACE, RELEASE, VALUES_FILES, helm_template, load_docs, run
 from k8s_objects import by_kind, containers, env_of, find, pod_specs
 
 PREFIX = "qwen3-qwen3-trainer"

@@ -6,7 +6,7 @@ import importlib.util
 import sys
 
 import pytest
-from conftest import CHART, ROOT, VALUES_FILES, run
+from chart_helpers import CHART, ROOT, VALUES_FILES, run
 
 
 def _gen_readme():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import helm_template
+from chart_helpers import helm_template
 
 BAD_VALUES = {
     # --set arguments -> text the error must contain (the key's JSON pointer and the rule)

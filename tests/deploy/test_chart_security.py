@@ -8,7 +8,7 @@ import base64
 import re
 
 import pytest
-from conftest import helm_template, load_docs
+from chart_helpers import helm_template, load_docs
 from k8s_objects import by_kind, containers, env_of, find, pod_specs
 
 ROLE_RULES = {  # (apiGroup, resource) -> verbs: what the worker and its flow runs do, nothing more

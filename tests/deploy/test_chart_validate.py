@@ -12,7 +12,7 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import VALUES_FILES, run
+from chart_helpers import VALUES_FILES, run
 from k8s_objects import find
 
 K8S_VERSION = "1.33.0"

@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 
 import yaml
-from conftest import CHART, ROOT
+from chart_helpers import CHART, ROOT
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 
 import yaml
-from conftest import ROOT, run
+from chart_helpers import ROOT, run
 from k8s_objects import by_kind, containers, env_of, find, pod_specs
 
 NAMESPACE = "qwen3-trainer"

@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from conftest import NAMESPACE
+from chart_helpers import NAMESPACE
 from k8s_objects import by_kind
 from kubernetes.client import rest
 

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import helm_template, load_docs
+from chart_helpers import helm_template, load_docs
 from k8s_objects import find
 
 pytestmark = pytest.mark.slow
