@@ -135,24 +135,29 @@ def _multiturn(rng: random.Random, pool, q: str, reply: str) -> list[dict]:
 
 
 def rejection_sample(engine, tokenizer, queries: Sequence[dict], *, samples: int, max_new_tokens: int,
-                     temperature: float = 0.8, seed: int = 0, seq_len: int | None = None
+                     temperature: float = 0.8, seed: int = 0, seq_len: int | None = None, judges=None
                      ) -> tuple[list[dict], Counter]:
-    """Thinking samples from the model: ``samples`` tries per query in thinking mode, the first that
-    verifies (right boxed answer, non-empty think block) kept."""
+    """Thinking samples from the model: ``samples`` tries per query, the first that verifies (right
+    boxed answer, non-empty think block) kept. Prompts go in as they are: the stage-2 model was
+    trained without mode flags and thinks by default. ``judges`` (default: the cold-start response
+    judges — wrong answer, repetition, thinking/summary mismatch, language mixing, guesswork, tags)
+    must all pass."""
     from qwen3_trainer.model.generation import SamplingParams
     from qwen3_trainer.platform.posttrain import rollouts
-    from qwen3_trainer.platform.posttrain.distill import with_flag
+    from qwen3_trainer.platform.posttrain.coldstart import DEFAULT_RESPONSE_JUDGES
+
+    judges = DEFAULT_RESPONSE_JUDGES if judges is None else judges
 
     kept, stats = [], Counter()
     for i, rec in enumerate(queries):
-        prompt = with_flag(rec["prompt"], "/think")
+        prompt = rec["prompt"]
         ids = rollouts.prompt_ids(tokenizer, prompt)
         budget = max_new_tokens if seq_len is None else max(1, min(max_new_tokens, seq_len + 1 - len(ids)))
         out = engine.generate([ids] * samples, SamplingParams(max_new_tokens=budget, temperature=temperature,
                                                               seed=seed + i))
         for toks in out.tokens:
             text = rollouts.response_text(tokenizer, prompt, toks)
-            if verifiers.math_reward(text, str(rec["answer"])) and verifiers.format_ok(text, thinking=True):
+            if verifiers.format_ok(text, thinking=True) and not any(j(rec, text) for j in judges):
                 kept.append({"messages": [*rec["prompt"], {"role": "assistant", "content": text}],
                              "answer": rec["answer"]})
                 stats["accepted"] += 1
