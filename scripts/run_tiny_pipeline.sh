@@ -45,7 +45,8 @@ fi
 PREFECT_URL="http://127.0.0.1:$PREFECT_PORT"
 if ! up "$PREFECT_URL/api/health"; then
   echo "starting Prefect on $PREFECT_URL (state $STATE/prefect)"
-  PREFECT_HOME="$STATE/prefect" PREFECT_SERVER_ANALYTICS_ENABLED=false nohup "$BIN/prefect" server start \
+  PREFECT_HOME="$STATE/prefect" PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_UI_API_URL="$PREFECT_URL/api" \
+    PREFECT_API_URL="$PREFECT_URL/api" nohup "$BIN/prefect" server start \
     --host 127.0.0.1 --port "$PREFECT_PORT" >"$STATE/prefect-server.log" 2>&1 &
   echo $! >"$STATE/prefect-server.pid"
 fi

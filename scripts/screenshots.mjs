@@ -15,7 +15,9 @@ const browser = await chromium.launch({
 const page = await browser.newPage({ viewport: { width: 1600, height: 1000 } });
 
 async function shot(name, url, settle, prepare) {
-  await page.goto(url, { waitUntil: "networkidle", timeout: 90000 });
+  // both UIs keep polling, so "networkidle" may never come: load, then let the page settle
+  await page.goto(url, { waitUntil: "load", timeout: 90000 });
+  await page.waitForTimeout(settle);
   if (prepare) await prepare();
   await page.waitForTimeout(settle);
   await page.screenshot({ path: `${out}/${name}` });
@@ -25,16 +27,18 @@ async function shot(name, url, settle, prepare) {
 // Prefect: the pipeline's flow run page (timeline graph of the stage sub-flows and their tasks)
 await shot("pipeline-prefect-flow-run.png", `${env("PREFECT_URL")}/runs/flow-run/${env("FLOW_RUN_ID")}`, 6000);
 
-// MLflow: the experiment's runs, the pipeline run expanded to show its nested stage runs
+// MLflow: the experiment's training runs, the pipeline run expanded to show its nested stage runs
 const mlflow = env("MLFLOW_URL");
-await shot("pipeline-mlflow-runs.png", `${mlflow}/#/experiments/${env("EXPERIMENT_ID")}`, 3000, async () => {
-  const expand = page.locator('[data-testid="nested-runs-expander"], button[aria-label*="xpand"]').first();
-  if (await expand.count()) await expand.click().catch(() => {});
+const exp = env("EXPERIMENT_ID");
+const closeAssistant = () => page.getByRole("button", { name: "Close", exact: true }).click({ timeout: 3000 }).catch(() => {});
+await shot("pipeline-mlflow-runs.png", `${mlflow}/#/experiments/${exp}/runs`, 3000, async () => {
+  await closeAssistant();
+  await page.locator(".ag-row .du-bois-light-btn-link").first().click({ timeout: 5000 }).catch(() => {});
 });
 
-// MLflow: the pipeline's loss plot and a stage's plots (artifact previews)
+// MLflow: the pipeline's loss plot and T4's thinking-budget plot (artifact previews)
 await shot("pipeline-mlflow-loss.png",
-  `${mlflow}/#/experiments/${env("EXPERIMENT_ID")}/runs/${env("PARENT_RUN_ID")}/artifacts/plots/pipeline_loss.png`, 4000);
+  `${mlflow}/#/experiments/${exp}/runs/${env("PARENT_RUN_ID")}/artifacts/plots/pipeline_loss.png`, 3000, closeAssistant);
 await shot("pipeline-mlflow-thinking-budget.png",
-  `${mlflow}/#/experiments/${env("EXPERIMENT_ID")}/runs/${env("THINK_RUN_ID")}/artifacts/plots/thinking_budget.png`, 4000);
+  `${mlflow}/#/experiments/${exp}/runs/${env("THINK_RUN_ID")}/artifacts/plots/thinking_budget.png`, 3000, closeAssistant);
 await browser.close();

@@ -39,6 +39,7 @@ from qwen3_trainer.workflows.registry import CheckpointRecord, PipelineRecord, R
 
 STEP_LINE = re.compile(r"\bstep (\d+) loss ([0-9.]+)")
 SUMMARY_KEYS = ("loss_first", "loss", "grad_norm", "tokens_per_s", "steps")
+SUMMARY_PREFIXES = ("eval/", "reward", "rollout/")  # RL / distillation stages
 
 
 def _dump_dir(backend: str, stage: str, config_hash: str) -> str:
@@ -185,7 +186,8 @@ def run_stage(stage: str, run: StageRun) -> str:
     model_version = None
     if run_id:
         lineage.tag(run_id, checkpoint_uri=checkpoint, hf_uri=hf_uri or "none", job=spec.name)
-        record.metrics = {k: v for k, v in lineage.summary(run_id).items() if k in SUMMARY_KEYS}
+        record.metrics = {k: v for k, v in lineage.summary(run_id).items()
+                          if k in SUMMARY_KEYS or k.startswith(SUMMARY_PREFIXES)}
         if preset.thinking_budgets and stage in preset.thinking_eval_stages:
             curve = thinking_budget_curve(checkpoint, preset.thinking_budgets)
             lineage.log_thinking_curve(run_id, curve)
