@@ -60,8 +60,11 @@ def posttrain_config(stage: str, preset: Preset) -> dict[str, Any]:
     except ModuleNotFoundError as exc:
         raise ValueError(f"stage {stage} needs platform.posttrain.stages ({exc})") from None
 
-    cfg = stage_config(stage, preset=preset.name, workdir="{workdir}", init_checkpoint="{init}",
-                       teacher_checkpoint="{teacher}" if stage == "D" else None)
+    try:
+        cfg = stage_config(stage, preset=preset.name, workdir="{workdir}", init_checkpoint="{init}",
+                           teacher_checkpoint="{teacher}" if stage == "D" else None)
+    except ValueError as exc:  # e.g. a preset the post-training module does not size yet
+        raise ValueError(f"stage {stage}: platform.posttrain.stages: {exc}") from None
     cfg = dict(cfg)
     cfg["dump_dir"] = "{dump}"
     ckpt = dict(cfg.get("checkpoint") or {})

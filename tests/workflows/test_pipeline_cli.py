@@ -73,3 +73,26 @@ def test_invalid_stage_config_fails_before_any_job(tmp_path, monkeypatch):
 def test_show_without_runs(env):
     out = qtrain("pipeline", "show", "--latest", "--json", env=env)
     assert out.returncode == 2 and "no pipeline runs under" in out.stderr
+
+
+def test_render_full_scale_stage():
+    """The full preset is rendered, not run: S3 as the PyTorchJob it would submit."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from qwen3_trainer.cli.pipeline_cmd import app
+
+    out = CliRunner().invoke(app, ["render", "--preset", "full", "--stage", "S3"])
+    assert out.exit_code == 0, out.output
+    configmap, job = yaml.safe_load_all(out.output)
+    train = yaml.safe_load(configmap["data"]["config.yaml"])
+    assert train["model"] == {"flavor": "235B-A22B", "rope_theta": 1e6}
+    assert train["training"]["seq_len"] == 32768 and train["parallelism"]["cp"] == 4
+    assert train["init"]["path"].startswith("s3://qwen3-trainer/pipelines/stages/<S2>")
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert (replicas["Master"]["replicas"], replicas["Worker"]["replicas"]) == (1, 31)
+    assert job["spec"]["nprocPerNode"] == "8"
+    limits = replicas["Master"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "8"
+    bad = CliRunner().invoke(app, ["render", "--preset", "full", "--stage", "T1"])
+    assert bad.exit_code == 2 and "stage T1: platform.posttrain.stages" in bad.output
