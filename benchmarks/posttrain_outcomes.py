@@ -264,6 +264,25 @@ def render(r: dict) -> str:
         lines.append(f"| {key} | {pct(d[key]['think'])} | {pct(d[key]['no_think'])} |")
     lines += ["", f"Claim 'on-policy distillation beats SFT alone for the same steps': "
               f"**{ok('onpolicy_beats_sft_only')}**.", ""]
+    if r["machine"].get("note"):
+        lines += [f"Run note: {r['machine']['note']}", ""]
+    lines += [
+        "## Reading the numbers",
+        "",
+        "- GRPO: 40 steps (10 rounds of 8 queries x 8 samples, 2 PPO epochs) do not move greedy accuracy;",
+        "  sampled (T=1) train reward stays at 5-27% per round while greedy train accuracy is ~45%. The",
+        "  objective, advantages and clipping are verified by hand in tests; the miniature is too short (or",
+        "  the learning rate too low) for RL to show an effect on this model. Not demonstrated.",
+        "- Thinking budget: the claim holds only trivially. The stop-thinking text is never trained (as in",
+        "  the report), and this tiny model does not recover an answer after it: accuracy is 0 for every",
+        "  finite budget tried and non-zero only without a budget.",
+        "- Distillation: the student starts from the cold-start model, which never saw mode flags (its",
+        "  flagged accuracy is near 0). Both arms improve it; SFT alone is ahead here by one or two held-out",
+        "  problems, within noise. Not demonstrated.",
+        "- Fusion: the mode rates are measured with the official template (no pre-filled empty block), so",
+        "  the model itself must follow the flag; this holds.",
+        "",
+    ]
     return "\n".join(lines)
 
 
