@@ -79,19 +79,14 @@ def validate_layout(cfg: TrainConfig, world_size: int) -> dict[str, int]:
 
 
 def init_process_group(env: DistEnv, device: torch.device) -> None:
-    """gloo on CPU, nccl on GPU; a one-process run gets a private rendezvous on 127.0.0.1."""
+    """gloo on CPU, nccl on GPU; a one-process run outside torchrun uses an in-process store (no
+    port to bind, so parallel test runs and pods cannot collide)."""
     if dist.is_initialized():
         return
-    if env.world_size == 1 and "MASTER_PORT" not in os.environ:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(s.getsockname()[1]))
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
     backend = "nccl" if device.type == "cuda" else "gloo"
     kwargs = {"device_id": device} if device.type == "cuda" else {}
+    if env.world_size == 1 and "MASTER_PORT" not in os.environ:
+        kwargs["store"] = dist.HashStore()
     dist.init_process_group(backend=backend, rank=env.rank, world_size=env.world_size, **kwargs)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from train_helpers import free_port, make_corpus, run_train, write_config
+from train_helpers import make_corpus, run_train, write_config
 
 from qwen3_trainer.model import storage
 
@@ -50,7 +50,7 @@ def test_kill_one_rank_and_resume_exactly(tmp_path, s3_bucket, mlflow_server):
     killed = _config(tmp_path / "killed", corpus, ckpt)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone",
            "-m", "qwen3_trainer.cli.main", "train", str(killed)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     marker = storage.join(ckpt, "step-000003", "COMPLETE")

@@ -56,7 +56,7 @@ def run_train(config: Path, nproc: int = 1, timeout: int = 600, env_extra: dict 
         cmd = [sys.executable, "-m", "qwen3_trainer.cli.main", "train", str(config)]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
-               f"--master-port={free_port()}", "-m", "qwen3_trainer.cli.main", "train", str(config)]
+               "--standalone", "-m", "qwen3_trainer.cli.main", "train", str(config)]  # free port: no race
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and out.returncode != 0:
         raise AssertionError(f"train failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
