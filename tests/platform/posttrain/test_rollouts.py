@@ -41,3 +41,28 @@ def test_engine_follows_the_policy(tmp_path):
     engine.sync(trainer)
     assert same()
     assert engine.model.output.weight is engine.model.tok_embeddings.weight  # the tie survives the copy
+
+
+def test_grpo_steps_move_logprobs_with_the_advantage(tmp_path):
+    """Three GRPO steps through the trainer: positive-advantage samples gain log-probability,
+    negative-advantage samples lose it."""
+    from qwen3_trainer.platform.posttrain.rollouts import sequence_logprobs
+    from qwen3_trainer.platform.train.config import TrainConfig
+    from qwen3_trainer.platform.train.trainer import Trainer
+
+    cfg = TrainConfig.model_validate({
+        "model": {"flavor": "debugmodel"}, "training": {"steps": 5, "seq_len": 32, "device": "cpu"},
+        "optimizer": {"lr": 1e-3, "weight_decay": 0.0}, "objective": {"name": "grpo", "params": {"queries": "x"}},
+        "dump_dir": str(tmp_path)})
+    trainer = Trainer(cfg)
+    g = torch.Generator().manual_seed(0)
+    responses = [torch.randint(0, 1000, (6,), generator=g).tolist() for _ in range(4)]
+    (b,) = sequences_to_batches([[1, 2, 3]] * 4, responses, [[True] * 6] * 4, micro_batch_size=4, pad_id=0,
+                                max_len=31, per_seq={"advantages": [1.0, -1.0, 1.0, -1.0]})
+    model = trainer.model_parts[0]
+    before = sequence_logprobs(model, [b], "cpu")[0].sum(-1)
+    for _ in range(3):
+        b["old_logprobs"] = sequence_logprobs(model, [b], "cpu")[0]
+        trainer.train_step([b])
+    delta = sequence_logprobs(model, [b], "cpu")[0].sum(-1) - before
+    assert delta[0] > 0 and delta[2] > 0 and delta[1] < 0 and delta[3] < 0
