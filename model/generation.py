@@ -172,6 +172,14 @@ def _sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
 
+def _mask_padding_rows(logits: torch.Tensor, vocab: int | None) -> torch.Tensor:
+    """Never sample the embedding's padding rows (ids >= the tokenizer's 151,669): they have no
+    text. Log-probs stay those of the full softmax, which is what the trainer recomputes."""
+    if vocab is None or logits.shape[-1] <= vocab:
+        return logits
+    return logits.index_fill(-1, torch.arange(vocab, logits.shape[-1], device=logits.device), float("-inf"))
+
+
 def _thinking_at_prompt_end(prompt: list[int], think: int, end_think: int, im_start: int) -> bool:
     """Whether the prompt ends inside an open ``<think>`` of the current assistant turn."""
     for tok in reversed(prompt):
@@ -248,10 +256,11 @@ def generate(
             for p in prompts
         ]
         think_count = [0] * b
+        vocab = getattr(tokenizer, "vocab_size", None)
         budget = params.thinking_budget
         queue = [list(forced_text) if t and budget == 0 else [] for t in thinking]
         for _ in range(params.max_new_tokens):
-            sampled = _sample(logits, params, gen).tolist()
+            sampled = _sample(_mask_padding_rows(logits, vocab), params, gen).tolist()
             queued = [q[0] if q else sampled[i] for i, q in enumerate(queue)]
             chosen = torch.tensor(queued, device=device)[:, None]
             # log-prob of the chosen id only: logit - logsumexp, without the full log_softmax
