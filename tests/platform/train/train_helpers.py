@@ -72,8 +72,9 @@ def losses(config: Path) -> list[float]:
 def compare_baseline(name: str, curve: list[float], tol: float = 1e-4) -> None:
     """Compare a loss curve with tests/assets/losses/<name>.json (QWEN3_UPDATE_BASELINES=1 rewrites)."""
     path = BASELINES / f"{name}.json"
-    if os.environ.get("QWEN3_UPDATE_BASELINES") or not path.exists():
+    if os.environ.get("QWEN3_UPDATE_BASELINES"):
         path.write_text(json.dumps({"losses": curve}, indent=1) + "\n")
+    assert path.exists(), f"no committed baseline {path.name}: run with QWEN3_UPDATE_BASELINES=1 and commit it"
     ref = json.loads(path.read_text())["losses"]
     assert len(ref) == len(curve), (ref, curve)
     for i, (a, b) in enumerate(zip(ref, curve, strict=True)):
