@@ -118,12 +118,9 @@ class Trainer:
             parts = [parallelize_fn(model, self.pdims, self.job_config)]
             self.pp_schedule, self.pp_first, self.pp_last = None, True, True
         for part in parts:
-            tied_before = getattr(part, "enable_weight_tying", False) and part.output.weight is part.tok_embeddings.weight
             part.to_empty(device=self.device)
             init_buffers(part, self.device)
-            if tied_before and part.output.weight is not part.tok_embeddings.weight:
-                log.warning("to_empty broke the embedding tie; re-tying")
-            retie(part)
+            retie(part)  # to_empty from meta gives each module its own Parameter
         self.model_parts = parts
         self._init_weights()
         if self.cfg.training.dtype == "bfloat16":  # pure bf16: weights and optimizer state
