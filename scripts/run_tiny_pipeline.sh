@@ -20,7 +20,7 @@ mkdir -p "$STATE"
 
 if [ "${SKIP_INSTALL:-0}" != 1 ]; then
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/pip install -q torch==2.13.0 -e .       # torch pinned: the CPU wheel (README)
+  .venv/bin/pip install -q torch==2.13.0 -e . -c constraints.txt   # torch pinned (CPU wheel); the tested set
 fi
 BIN="$REPO/.venv/bin"
 
