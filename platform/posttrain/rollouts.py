@@ -156,22 +156,4 @@ def maybe_checkpoint(trainer) -> None:
 
 def finish(trainer, history: list[dict[str, Any]], resumed: str | None) -> dict[str, Any]:
     """Final checkpoint and HF export, as ``Trainer.fit`` ends a loader-driven run."""
-    from qwen3_trainer.platform.train.trainer import parallel_barrier
-
-    final = None
-    if trainer.checkpointer:
-        final = trainer.save(sync=True) if not trainer._saved_at(trainer.step) else trainer.checkpointer.path(trainer.step)
-        trainer.checkpointer.wait()
-        parallel_barrier()
-        if trainer.tracker:
-            trainer.tracker.set_tag("checkpoint.final", final)
-        export = trainer.cfg.checkpoint.export_hf
-        if export and trainer.env.rank == 0:
-            from qwen3_trainer.model.dcp_io import load_model_dcp
-            from qwen3_trainer.model.hf_interop import to_hf
-
-            to_hf(load_model_dcp(final), export)
-            if trainer.tracker:
-                trainer.tracker.set_tag("export.hf", export)
-        parallel_barrier()
-    return {"history": history, "final_checkpoint": final, "resumed_from": resumed}
+    return trainer.finish(history, resumed)

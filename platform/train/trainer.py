@@ -352,6 +352,11 @@ class Trainer:
                 ckpt_seconds += time.perf_counter() - t
                 if self.tracker:
                     self.tracker.set_tag(f"checkpoint.step-{self.step}", path)
+        return self.finish(history, resumed, ckpt_seconds)
+
+    def finish(self, history: list[dict[str, Any]], resumed: str | None, ckpt_seconds: float = 0.0) -> dict[str, Any]:
+        """End a run: the final (sync) checkpoint, the commit wait, and the HF export on rank 0.
+        Rollout-driven objectives end their own loops through this too."""
         final = None
         if self.checkpointer:
             final = self.save(sync=True) if not self._saved_at(self.step) else self.checkpointer.path(self.step)
@@ -360,13 +365,14 @@ class Trainer:
             if self.tracker:
                 self.tracker.set_tag("checkpoint.final", final)
                 self.tracker.log_metrics(self.step, {"checkpoint/stall_seconds": ckpt_seconds})
-            if cfg.checkpoint.export_hf and self.env.rank == 0:
+            export = self.cfg.checkpoint.export_hf
+            if export and self.env.rank == 0:
                 from qwen3_trainer.model.dcp_io import load_model_dcp
                 from qwen3_trainer.model.hf_interop import to_hf
 
-                to_hf(load_model_dcp(final), cfg.checkpoint.export_hf)
+                to_hf(load_model_dcp(final), export)
                 if self.tracker:
-                    self.tracker.set_tag("export.hf", cfg.checkpoint.export_hf)
+                    self.tracker.set_tag("export.hf", export)
             parallel_barrier()
         return {"history": history, "final_checkpoint": final, "resumed_from": resumed}
 
