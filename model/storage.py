@@ -41,6 +41,19 @@ def filesystem(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, stripped
 
 
+def check_reachable(path: str) -> None:
+    """Raise StorageError (one line) when the bucket of a remote ``path`` cannot be listed."""
+    if not is_remote(path):
+        return
+    bucket = path.split("://", 1)[1].split("/", 1)[0]
+    try:
+        fs, _ = filesystem(path)
+        fs.ls(bucket)
+    except Exception as exc:  # noqa: BLE001 - any failure means unusable storage
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise StorageError(f"{path} is unreachable ({type(exc).__name__}: {first})") from None
+
+
 def exists(path: str) -> bool:
     fs, p = filesystem(path)
     return fs.exists(p)

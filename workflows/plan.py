@@ -173,12 +173,10 @@ def check_root(root: str) -> None:
         except OSError as exc:
             raise ValueError(f"root {root} is not writable ({exc.strerror})") from None
         return
-    bucket = root.split("://", 1)[1].split("/", 1)[0]
     try:
-        fs, _ = storage.filesystem(root)
-        fs.ls(bucket)
-    except Exception as exc:  # noqa: BLE001 - any failure means unusable storage
-        raise ValueError(f"root {root} is unreachable ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+        storage.check_reachable(root)
+    except storage.StorageError as exc:
+        raise ValueError(f"root {exc}") from None
 
 
 def missing_inputs(params: PipelineParams, plans: dict[str, StagePlan]) -> None:

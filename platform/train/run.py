@@ -83,13 +83,11 @@ def preflight(cfg: TrainConfig, env: DistEnv) -> None:
         validate_sources(data_config(cfg))
     for label, path in (("checkpoint.dir", cfg.checkpoint.dir), ("init.path", cfg.init.path),
                         ("checkpoint.export_hf", cfg.checkpoint.export_hf)):
-        if path and storage.is_remote(path):
-            bucket = path.split("://", 1)[1].split("/", 1)[0]
+        if path:
             try:
-                fs, _ = storage.filesystem(path)
-                fs.ls(bucket)
-            except Exception as exc:  # noqa: BLE001 - any failure means unusable storage
-                raise PreflightError(f"{label}: {path} is unreachable ({type(exc).__name__}: {exc})") from None
+                storage.check_reachable(path)
+            except storage.StorageError as exc:
+                raise PreflightError(f"{label}: {exc}") from None
     if cfg.init.path and not storage.exists(cfg.init.path):
         raise PreflightError(f"init.path: {cfg.init.path} does not exist")
     if cfg.checkpoint.export_hf and not cfg.checkpoint.dir:
