@@ -29,6 +29,7 @@ IMPLS = {
     "hf-compile": {"compile": True},
     "qwen3-trainer-bf16": {"compile": False, "dtype": "bfloat16"},
     "qwen3-trainer-bf16-compile": {"compile": True, "dtype": "bfloat16"},
+    "qwen3-trainer-bf16-compile-titanmoe": {"compile": True, "dtype": "bfloat16", "titan_moe": True},
     "qwen3-trainer-mp-compile": {"compile": True, "dtype": "float32", "param_dtype": "bfloat16"},
     "qwen3-trainer-fp8-compile": {"compile": True, "dtype": "bfloat16", "float8": "tensorwise"},
     "qwen3-trainer-fp8-rowwise-compile": {"compile": True, "dtype": "bfloat16", "float8": "rowwise"},
@@ -100,16 +101,15 @@ def run_hf(flavor: str, impl: str, seq: int, mb: int, steps: int, warmup: int, d
             f"bf16 weights, fused AdamW, sdpa, {'torch.compile' if IMPLS[impl]['compile'] else 'eager'}, mb={mb}"}
 
 
-def run_ours(flavor: str, impl: str, seq: int, mb: int, steps: int, warmup: int, device: str) -> dict:
-    import torch
-
+def build_ours(flavor: str, impl: str, seq: int, mb: int, steps: int, device: str):
+    """qwen3-trainer's Trainer with the knobs of ``impl`` (also used by profile_step.py)."""
     from qwen3_trainer.platform.train.config import TrainConfig
     from qwen3_trainer.platform.train.trainer import Trainer
 
     knobs = IMPLS[impl]
     cfg = TrainConfig.model_validate({
         "model": {"flavor": flavor},
-        "training": {"steps": warmup + steps, "micro_batch_size": mb, "seq_len": seq, "device": device,
+        "training": {"steps": steps, "micro_batch_size": mb, "seq_len": seq, "device": device,
                      "dtype": knobs.get("dtype", "bfloat16"), "param_dtype": knobs.get("param_dtype", "bfloat16")},
         "optimizer": {"lr": 1e-5},
         "lr": {"schedule": "constant"},
@@ -119,8 +119,24 @@ def run_ours(flavor: str, impl: str, seq: int, mb: int, steps: int, warmup: int,
         "dump_dir": "/tmp/qwen3-bench",
     })
     trainer = Trainer(cfg)
-    tokens = torch.randint(0, 151_000, (mb, seq + 1))
-    batch = {"input_ids": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous()}
+    if knobs.get("titan_moe"):  # A/B: torchtitan's own MoE dispatch/combine and padded experts
+        from qwen3_trainer.model import moe_routing
+
+        moe_routing.uninstall(trainer.model_parts[0])
+    return trainer
+
+
+def batch_for(mb: int, seq: int, seed: int = 0) -> dict:
+    import torch
+
+    tokens = torch.randint(0, 151_000, (mb, seq + 1), generator=torch.Generator().manual_seed(seed))
+    return {"input_ids": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous()}
+
+
+def run_ours(flavor: str, impl: str, seq: int, mb: int, steps: int, warmup: int, device: str) -> dict:
+    knobs = IMPLS[impl]
+    trainer = build_ours(flavor, impl, seq, mb, warmup + steps, device)
+    batch = batch_for(mb, seq)
     times, loss = [], None
     for i in range(warmup + steps):
         m = trainer.train_step([batch])

@@ -11,6 +11,7 @@ import copy
 
 import torch
 
+from qwen3_trainer.model import moe_routing
 from qwen3_trainer.model.flavors import get_flavor
 from qwen3_trainer.model.titan import Qwen3Model, Qwen3ModelArgs
 
@@ -45,6 +46,8 @@ def build_model(
         compute = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     with torch.device(device):
         model = Qwen3Model(args_for_device(args, compute))
+    if args.moe_enabled:
+        moe_routing.install(model)
     if init and device.type != "meta":
         if seed is not None:
             torch.manual_seed(seed)

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from qwen3_trainer.model import cpu_compat
+from qwen3_trainer.model import cpu_compat, moe_routing
 from qwen3_trainer.platform.train.config import TrainConfig
 
 
@@ -154,6 +154,7 @@ def parallelize(model: nn.Module, parallel_dims, job_config, cfg: TrainConfig) -
                  op_sac_save_list=_op_sac_save_list)
     if cfg.compile:
         apply_compile(model, job_config.compile, parallel_dims.ep_enabled)
+        moe_routing.compile_routing(job_config.compile.backend)
     if parallel_dims.fsdp_enabled:
         dtype = torch.bfloat16 if cfg.training.param_dtype == "bfloat16" else torch.float32
         apply_fsdp(model, parallel_dims, dtype, parallel_dims.pp_enabled)

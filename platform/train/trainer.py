@@ -225,16 +225,18 @@ class Trainer:
         """One optimizer step over this rank's micro-batches (from the loader or a rollout)."""
         t0 = time.perf_counter()
         local_tokens = sum(self.objective.loss_tokens(b) for b in batches)  # on the host copy: no sync
+        # order-sensitive checksum of the step's global batch (resume tests compare data order);
+        # computed before the device copy so the step's hot path has no host sync
+        checksum = sum(float((b["input_ids"].double() * torch.arange(1, b["input_ids"].numel() + 1,
+                       dtype=torch.float64, device=b["input_ids"].device).view_as(b["input_ids"]))
+                             .sum().remainder(1e9))
+                       for b in batches)
         batches = [{k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
                    for b in batches]
         self.optimizers.zero_grad()
         normalizer = self._all_reduce(torch.tensor([float(local_tokens)], device=self.device))
         self._normalizer = float(normalizer.clamp(min=1.0)) / parallel.ddp_grad_scale(self.pdims)
         step_tokens = sum(b["input_ids"].numel() for b in batches) * self.dp_world
-        # order-sensitive checksum of the step's global batch: resume tests compare data order
-        checksum = sum(float((b["input_ids"].double() * torch.arange(1, b["input_ids"].numel() + 1,
-                       device=self.device, dtype=torch.float64).view_as(b["input_ids"])).sum().remainder(1e9))
-                       for b in batches)
         if self.balancer is not None:
             self.balancer.step_begin(step_tokens)
         sums: dict[str, float] = {}

@@ -1,0 +1,18 @@
+# Device calls of the second perf session (issue 9): bash benchmarks/gpu_run2.sh PART
+set -x
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1 || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/pkg . >/dev/null 2>&1 || { echo PKG INSTALL FAILED; exit 1; }
+export PYTHONPATH=/tmp/pkg:/tmp/site
+TT="python3 benchmarks/train_throughput.py --steps 5 --warmup 3 --timeout 300"
+case "$1" in
+moe)  # MoE routing parity + layer time; MoE shape HF vs ours old/new (same call); profiles
+  python3 benchmarks/moe_routing_check.py --out $OUT/moe_routing.json 2>&1 | tail -25
+  $TT --models 30B-A3B-8L --impls qwen3-trainer-bf16-compile,qwen3-trainer-bf16-compile-titanmoe,hf-eager,hf-compile --out $OUT/tp_moe.json 2>&1 | grep -v Warning | tail -8
+  python3 benchmarks/profile_step.py --models 30B-A3B-8L --out $OUT/prof 2>&1 | tail -4
+  ;;
+dense)
+  $TT --models 1.7B,8B --mb 1.7B:2,8B:1 --impls hf-compile,qwen3-trainer-bf16-compile,hf-eager --out $OUT/tp_dense.json 2>&1 | grep -v Warning | tail -8
+  python3 benchmarks/profile_step.py --models 1.7B,8B --out $OUT/prof 2>&1 | tail -4
+  ;;
+esac

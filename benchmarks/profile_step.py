@@ -1,0 +1,137 @@
+"""Where a training step's GPU time goes: torch.profiler over qwen3-trainer's ``Trainer.train_step``.
+
+For each model shape it builds the trainer exactly as ``train_throughput.py`` does (same impl
+names), runs warm-up steps, then profiles ``--steps`` steps and writes, per row,
+
+* ``<out>/<model>-<impl>.txt``: the top kernels by self CUDA time (``key_averages`` table);
+* one JSON summary for all rows: step wall time, GPU busy time (sum of kernel time; the rest of
+  the step is the GPU waiting on the host), and GPU time by category (dense GEMM, attention,
+  grouped GEMM, fused/compiled elementwise, loss, optimizer, gather/scatter/sort, copies, other).
+
+    python benchmarks/profile_step.py --models 1.7B,8B,30B-A3B-8L --out /tmp/prof
+    python benchmarks/profile_step.py --models debugmodel --seq 128 --device cpu --out /tmp/prof  # smoke
+
+Chrome traces are written only with ``--trace`` (they are large for the MoE shape).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# first matching pattern wins; kernel names are lower-cased
+CATEGORIES = [
+    ("attention", r"flash|fmha|cudnn|sdpa|attention|mha"),
+    ("grouped_gemm", r"grouped|_grouped_mm|groupgemm|ptr_array"),
+    ("optimizer", r"adam|multi_tensor|foreach"),
+    ("loss", r"cross_entropy|log_softmax|nll"),
+    ("dense_gemm", r"gemm|cutlass|sm90_xmma|nvjet|matmul|wgmma|cublas"),
+    ("gather_scatter_sort", r"index|scatter|gather|sort|radix|embedding|cumsum|histc|bincount|topk"),
+    ("compiled_fused", r"^triton_|triton"),
+    ("copy", r"copy|memcpy|memset|cat|fill"),
+    ("elementwise_eager", r"elementwise|vectorized|reduce|unrolled"),
+]
+
+
+def category(name: str) -> str:
+    low = name.lower()
+    for cat, pat in CATEGORIES:
+        if re.search(pat, low):
+            return cat
+    return "other"
+
+
+def child(args) -> None:
+    from torch.profiler import ProfilerActivity, profile
+    from train_throughput import batch_for, build_ours
+
+    trainer = build_ours(args.flavor, args.impl, args.seq, args.mb, args.warmup + args.steps, args.device)
+    batch = batch_for(args.mb, args.seq)
+    for _ in range(args.warmup):
+        trainer.train_step([batch])
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
+    t0 = time.perf_counter()
+    with profile(activities=activities, record_shapes=False) as prof:
+        for _ in range(args.steps):
+            trainer.train_step([batch])
+    wall = (time.perf_counter() - t0) / args.steps
+    events = [e for e in prof.key_averages() if e.device_type.name == ("CUDA" if args.device == "cuda" else "CPU")]
+    attr = "self_device_time_total" if args.device == "cuda" else "self_cpu_time_total"
+    by_cat: dict[str, float] = {}
+    top = []
+    for e in events:
+        us = getattr(e, attr) / args.steps
+        by_cat[category(e.key)] = by_cat.get(category(e.key), 0.0) + us
+        top.append((us, e.count // args.steps, category(e.key), e.key[:140]))
+    top.sort(reverse=True)
+    busy_ms = sum(by_cat.values()) / 1e3
+    os.makedirs(args.out, exist_ok=True)
+    name = f"{args.flavor}-{args.impl}"
+    with open(os.path.join(args.out, f"{name}.txt"), "w") as f:
+        f.write(f"# {name} mb={args.mb} seq={args.seq}: step {wall * 1e3:.1f} ms, GPU busy {busy_ms:.1f} ms\n")
+        f.write(f"{'ms/step':>9} {'calls':>6}  {'category':22s} kernel\n")
+        for us, n, cat, key in top[:40]:
+            f.write(f"{us / 1e3:9.2f} {n:6d}  {cat:22s} {key}\n")
+    if args.trace:
+        prof.export_chrome_trace(os.path.join(args.out, f"{name}.json"))
+    summary = {"model": args.flavor, "impl": args.impl, "mb": args.mb, "seq": args.seq,
+               "step_ms": round(wall * 1e3, 2), "gpu_busy_ms": round(busy_ms, 2),
+               "gpu_idle_frac": round(max(0.0, 1 - busy_ms / (wall * 1e3)), 4),
+               "by_category_ms": {k: round(v / 1e3, 2) for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])}}
+    print("RESULT " + json.dumps(summary), flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="1.7B,8B,30B-A3B-8L")
+    p.add_argument("--impls", default="qwen3-trainer-bf16-compile")
+    p.add_argument("--seq", type=int, default=4096)
+    p.add_argument("--mb", default="1.7B:2,8B:1,30B-A3B-8L:2", help="micro-batch per model, or one int")
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--out", required=True)
+    p.add_argument("--trace", action="store_true")
+    p.add_argument("--timeout", type=int, default=300)
+    p.add_argument("--child", action="store_true")
+    p.add_argument("--flavor")
+    p.add_argument("--impl")
+    args = p.parse_args()
+    if args.child:
+        args.mb = int(args.mb)
+        child(args)
+        return
+    os.makedirs(args.out, exist_ok=True)
+    mbs = ({kv.split(":")[0]: int(kv.split(":")[1]) for kv in args.mb.split(",")} if ":" in args.mb else {})
+    rows = []
+    for flavor in args.models.split(","):
+        mb = mbs.get(flavor, int(args.mb) if ":" not in args.mb else 1)
+        for impl in args.impls.split(","):
+            cmd = [sys.executable, __file__, "--child", "--flavor", flavor, "--impl", impl, "--seq", str(args.seq),
+                   "--mb", str(mb), "--steps", str(args.steps), "--warmup", str(args.warmup),
+                   "--device", args.device, "--out", args.out] + (["--trace"] if args.trace else [])
+            try:
+                text = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+                text = text.stdout + text.stderr
+            except subprocess.TimeoutExpired as exc:
+                text = f"TIMEOUT after {args.timeout}s {exc.stdout or ''}"
+            line = next((x for x in text.splitlines() if x.startswith("RESULT ")), None)
+            if line is None:
+                rows.append({"model": flavor, "impl": impl, "error": text[-1500:]})
+                print(f"{flavor} {impl} FAILED\n{text[-1500:]}", flush=True)
+                continue
+            rows.append(json.loads(line[7:]))
+            print(json.dumps(rows[-1]), flush=True)
+    with open(os.path.join(args.out, "profile_summary.json"), "w") as f:
+        json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
