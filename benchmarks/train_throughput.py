@@ -101,8 +101,9 @@ def run_hf(flavor: str, impl: str, seq: int, mb: int, steps: int, warmup: int, d
             f"bf16 weights, fused AdamW, sdpa, {'torch.compile' if IMPLS[impl]['compile'] else 'eager'}, mb={mb}"}
 
 
-def build_ours(flavor: str, impl: str, seq: int, mb: int, steps: int, device: str):
-    """qwen3-trainer's Trainer with the knobs of ``impl`` (also used by profile_step.py)."""
+def build_ours(flavor: str, impl: str, seq: int, mb: int, steps: int, device: str, lr: float = 1e-5,
+               warmup_steps: int = 0):
+    """qwen3-trainer's Trainer with the knobs of ``impl`` (also used by profile_step.py, fp8_loss_check.py)."""
     from qwen3_trainer.platform.train.config import TrainConfig
     from qwen3_trainer.platform.train.trainer import Trainer
 
@@ -111,8 +112,8 @@ def build_ours(flavor: str, impl: str, seq: int, mb: int, steps: int, device: st
         "model": {"flavor": flavor},
         "training": {"steps": steps, "micro_batch_size": mb, "seq_len": seq, "device": device,
                      "dtype": knobs.get("dtype", "bfloat16"), "param_dtype": knobs.get("param_dtype", "bfloat16")},
-        "optimizer": {"lr": 1e-5},
-        "lr": {"schedule": "constant"},
+        "optimizer": {"lr": lr},
+        "lr": {"schedule": "constant", "warmup_steps": warmup_steps},
         "compile": knobs["compile"],
         "float8": bool(knobs.get("float8")),
         "float8_recipe": knobs.get("float8") or "tensorwise",
