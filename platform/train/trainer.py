@@ -293,8 +293,30 @@ class Trainer:
 
         params = [p for m in self.model_parts for p in m.parameters()]
         pp_mesh = self.pdims.get_mesh("pp") if self.pdims.pp_enabled else None
+        if self.job_config.optimizer.implementation == "fused" and not self.pdims.ep_enabled:
+            return self._clip_in_fused_step(params, pp_mesh)
         return clip_grad_norm_(params, self.cfg.training.max_norm, foreach=True, pp_mesh=pp_mesh,
                                ep_enabled=self.pdims.ep_enabled)
+
+    def _clip_in_fused_step(self, params: list[torch.Tensor], pp_mesh) -> torch.Tensor:
+        """Gradient clipping folded into the fused AdamW kernel: the total norm is computed as
+        torchtitan's ``clip_grad_norm_`` does, and instead of a separate pass multiplying every
+        gradient by ``min(1, max_norm / (norm + 1e-6))`` the fused step divides them by its
+        inverse (``grad_scale``, the hook ``torch.amp.GradScaler`` uses for unscaling)."""
+        from torch.distributed.tensor import DTensor
+
+        grads = [p.grad for p in params if p.grad is not None]
+        total = torch.nn.utils.get_total_norm(grads, 2.0, False, True)
+        if isinstance(total, DTensor):
+            total = total.full_tensor()
+        if pp_mesh is not None:
+            total = total**2
+            dist.all_reduce(total, op=dist.ReduceOp.SUM, group=pp_mesh.get_group())
+            total = total**0.5
+        scale = torch.clamp((total.float() + 1e-6) / self.cfg.training.max_norm, min=1.0)
+        for opt in self.optimizers.optimizers:
+            opt.grad_scale = scale
+        return total
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _ckpt_state(self) -> dict[str, Any]:
