@@ -7,7 +7,9 @@ Problems come in five difficulty levels, each with a worked solution and one exa
 - 1: single-digit addition (``3+5``): 100 facts to memorise;
 - 2: two-step arithmetic (``12+7-5``);
 - 3: multi-step arithmetic with a product (``(4*6)+9-3``);
-- 4: word problems (``Ana has 7 boxes of 4 pens and gives away 5. How many pens are left?``).
+- 4: word problems (``Ana has 7 boxes of 4 pens and gives away 5. How many pens are left?``);
+- 5: place-value addition up to hundreds (``340+7``): level 0's task over 891 problems, enough for
+  disjoint train and held-out sets of hundreds each.
 
 Renderings (chat ``messages`` records, the form platform.data's ``sft`` kind reads):
 
@@ -49,9 +51,9 @@ class Problem:
 
 
 def _arith(rng: random.Random, difficulty: int) -> Problem:
-    if difficulty == 0:
-        a, b = 10 * rng.randint(1, 9), rng.randint(1, 9)
-        return Problem(f"What is {a}+{b}?", str(a + b), (f"{a}+{b}={a + b}",), 0)
+    if difficulty in (0, 5):
+        a, b = 10 * rng.randint(1, 9 if difficulty == 0 else 99), rng.randint(1, 9)
+        return Problem(f"What is {a}+{b}?", str(a + b), (f"{a}+{b}={a + b}",), difficulty)
     if difficulty == 1:
         a, b = rng.randint(0, 9), rng.randint(0, 9)
         return Problem(f"What is {a}+{b}?", str(a + b), (f"{a}+{b}={a + b}",), 1)
@@ -77,14 +79,14 @@ def _word(rng: random.Random) -> Problem:
 
 
 def make_problem(rng: random.Random, difficulty: int) -> Problem:
-    if difficulty not in (0, 1, 2, 3, 4):
-        raise ValueError(f"difficulty must be 0..4, got {difficulty}")
+    if difficulty not in (0, 1, 2, 3, 4, 5):
+        raise ValueError(f"difficulty must be 0..5, got {difficulty}")
     return _word(rng) if difficulty == 4 else _arith(rng, difficulty)
 
 
 def problems(n: int, *, seed: int = 0, difficulties: Iterable[int] = (0,), unique: bool = False) -> list[Problem]:
     """``n`` problems, difficulty drawn uniformly from ``difficulties``. ``unique`` drops repeated
-    questions (levels 0 and 1 have only 81 and 100)."""
+    questions (levels 0 and 1 have only 81 and 100, level 5 has 891)."""
     rng = random.Random(seed)
     levels = list(difficulties)
     out, seen = [], set()

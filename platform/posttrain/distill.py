@@ -6,10 +6,11 @@ the full vocabulary at every response token (the teacher's logits are computed o
 ``mode: sft`` is plain cross-entropy on the teacher's tokens.
 
 ``distill_onpolicy`` (drives its own loop): the student samples responses to prompts flagged
-``/think`` or ``/no_think`` (``think_ratio``), and minimises the per-token reverse KL
-KL(student || teacher) over the full vocabulary at each sampled position. With ``offpolicy_data``
-and ``offpolicy_steps`` it first runs that many off-policy steps (forward KL on the teacher's
-responses), so one job does the report's two phases in order.
+``/think`` or ``/no_think`` (``think_ratio``; ``temperature`` / ``top_p`` set the sampling), and
+minimises the per-token reverse KL KL(student || teacher) over the full vocabulary at each sampled
+position. With ``offpolicy_data`` and ``offpolicy_steps`` it first runs that many off-policy steps
+on the teacher's responses (``offpolicy_mode``: ``kl`` = forward KL to the teacher's logits, ``sft`` =
+cross-entropy on its tokens), so one job does the report's two phases in order.
 
 The teacher is a frozen checkpoint (HF or DCP) placed on the trainer's device; it may be larger
 than the student but must share its vocabulary (a mismatch is a one-line error).
@@ -113,15 +114,19 @@ class DistillOnPolicy:
     needs_reference = True
 
     def __init__(self, teacher: str, prompts: str | list[str], *, offpolicy_data: str | list[str] | None = None,
-                 offpolicy_steps: int = 0, think_ratio: float = 0.5, samples_per_prompt: int = 1,
-                 prompts_per_step: int = 8, max_new_tokens: int = 64, temperature: float = 1.0,
+                 offpolicy_steps: int = 0, offpolicy_mode: str = "kl", think_ratio: float = 0.5, samples_per_prompt: int = 1,
+                 prompts_per_step: int = 8, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
                  eval_queries: str | list[str] | None = None, eval_size: int = 64, seed: int = 0):
         if offpolicy_steps and not offpolicy_data:
             raise ValueError("distill_onpolicy: offpolicy_steps needs params.offpolicy_data")
+        if offpolicy_mode not in ("kl", "sft"):
+            raise ValueError(f"distill_onpolicy: offpolicy_mode must be 'kl' or 'sft', got {offpolicy_mode!r}")
+        self.offpolicy_mode = offpolicy_mode
         self.teacher, self.prompts = teacher, prompts
         self.offpolicy_data, self.offpolicy_steps = offpolicy_data, offpolicy_steps
         self.think_ratio, self.samples_per_prompt = think_ratio, samples_per_prompt
         self.prompts_per_step, self.max_new_tokens, self.temperature = prompts_per_step, max_new_tokens, temperature
+        self.top_p = top_p
         self.eval_queries, self.eval_size, self.seed = eval_queries, eval_size, seed
 
     def loss_tokens(self, batch):
@@ -129,11 +134,15 @@ class DistillOnPolicy:
 
     def loss(self, logits, batch, normalizer, ctx):
         mask = batch["labels"] != IGNORE
-        teacher = _teacher_logits(ctx, self.teacher, logits, batch["input_ids"])
-        kl_fn = losses.reverse_kl if batch.get("kl") == "reverse" else losses.forward_kl
-        per_tok = kl_fn(logits, teacher, mask)
+        if batch.get("kl") == "sft":  # off-policy phase, mode sft: cross-entropy on the teacher's tokens
+            per_tok = -losses.token_logprobs(logits, batch["labels"])
+        else:
+            teacher = _teacher_logits(ctx, self.teacher, logits, batch["input_ids"])
+            kl_fn = losses.reverse_kl if batch.get("kl") == "reverse" else losses.forward_kl
+            per_tok = kl_fn(logits, teacher, mask)
         total = per_tok.sum()
-        return total / normalizer, {"kl_sum": float(total.detach()), "tokens": float(mask.sum())}
+        key = "ce_sum" if batch.get("kl") == "sft" else "kl_sum"
+        return total / normalizer, {key: float(total.detach()), "tokens": float(mask.sum())}
 
     def fit(self, trainer) -> dict[str, Any]:
         from qwen3_trainer.model.generation import SamplingParams
@@ -165,7 +174,7 @@ class DistillOnPolicy:
                                                         pad_id=tok.pad, max_len=seq_len)
                 phase = {"phase/offpolicy": 1.0}
                 for b in batches:
-                    b["kl"] = "forward"
+                    b["kl"] = "forward" if self.offpolicy_mode == "kl" else "sft"
             else:
                 engine.sync(trainer)
                 picked = [prompts[rng.randrange(len(prompts))] for _ in range(self.prompts_per_step)]
@@ -176,7 +185,7 @@ class DistillOnPolicy:
                 room = seq_len + 1 - max(map(len, p_ids))
                 out = engine.generate(p_ids, SamplingParams(
                     max_new_tokens=max(1, min(self.max_new_tokens, room)), temperature=self.temperature,
-                    seed=self.seed + 7919 * trainer.step + trainer.env.rank))
+                    top_p=self.top_p, seed=self.seed + 7919 * trainer.step + trainer.env.rank))
                 masks = [[not f for f in forced] for forced in out.forced]
                 batches = rollouts.sequences_to_batches(p_ids, out.tokens, masks, micro_batch_size=mb,
                                                         pad_id=tok.pad, max_len=seq_len)
@@ -185,7 +194,9 @@ class DistillOnPolicy:
                 phase = {"phase/offpolicy": 0.0, "rollout/response_tokens": sum(out.lengths) / len(out.lengths)}
             m = trainer.train_step(batches)
             tokens = m.pop("objective/tokens", 0.0) or 1.0
-            m["kl"] = m.pop("objective/kl_sum", 0.0) / tokens
+            for key in ("kl", "ce"):
+                if f"objective/{key}_sum" in m:
+                    m[key] = m.pop(f"objective/{key}_sum") / tokens
             rollouts.log_step(trainer, {**m, **phase}, history)
             rollouts.maybe_checkpoint(trainer)
         self._evaluate(trainer, engine, tok, held, history, evaluate_accuracy)

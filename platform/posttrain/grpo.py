@@ -204,23 +204,34 @@ class GRPO:
 
 
 def evaluate_accuracy(engine, tok, records: list[dict], *, max_new_tokens: int, seq_len: int,
-                      thinking_budget: int | None = None, batch: int = 32, soft_switch: bool = True
-                      ) -> dict[str, float]:
-    """Greedy decoding: verifier accuracy, format rate (think block empty iff the prompt's mode is
-    non-thinking) and mean length over ``records``. ``soft_switch=False`` leaves the mode to the model."""
+                      thinking_budget: int | None = None, batch: int = 32, soft_switch: bool = True,
+                      samples: int = 1, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                      scores: list[float] | None = None) -> dict[str, float]:
+    """Verifier accuracy, format rate (think block empty iff the prompt's mode is non-thinking) and
+    mean length over ``records``: greedy by default; with ``temperature > 0`` the mean over ``samples``
+    sampled responses per record (the Qwen3 report's thinking-mode protocol: T=0.6, top-p 0.95).
+    ``soft_switch=False`` leaves the mode to the model. ``scores``, if given, receives each response's
+    verifier reward (record by record, a record's samples in a row) for paired comparisons."""
     from qwen3_trainer.model.generation import SamplingParams
     from qwen3_trainer.platform.posttrain import rollouts, verifiers
 
+    if samples < 1 or (samples > 1 and temperature == 0):
+        raise ValueError(f"evaluate_accuracy: samples={samples} needs samples >= 1 and temperature > 0 if > 1")
+    records = [r for r in records for _ in range(samples)]
     correct = fmt = length = 0.0
     for i in range(0, len(records), batch):
         chunk = records[i: i + batch]
         ids = [rollouts.prompt_ids(tok, r["prompt"], soft_switch) for r in chunk]
         room = seq_len + 1 - max(map(len, ids))
         out = engine.generate(ids, SamplingParams(max_new_tokens=max(1, min(max_new_tokens, room)),
-                                                  temperature=0.0, thinking_budget=thinking_budget))
+                                                  temperature=temperature, top_p=top_p,
+                                                  thinking_budget=thinking_budget, seed=seed + i))
         for rec, toks in zip(chunk, out.tokens, strict=True):
             text = rollouts.response_text(tok, rec["prompt"], toks, soft_switch)
-            correct += verifiers.SafeReward(verifiers.math_reward, "math")(text, str(rec["answer"]))
+            right = verifiers.SafeReward(verifiers.math_reward, "math")(text, str(rec["answer"]))
+            correct += right
+            if scores is not None:
+                scores.append(float(right))
             fmt += verifiers.format_reward(text, rollouts.prompt_thinking(rec["prompt"]))
             length += len(toks)
     n = len(records)

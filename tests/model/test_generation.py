@@ -18,6 +18,7 @@ from qwen3_trainer.model.generation import (
     LocalRolloutEngine,
     RolloutEngine,
     SamplingParams,
+    _nucleus,
 )
 from qwen3_trainer.model.vllm_client import VLLMRolloutEngine
 
@@ -100,6 +101,21 @@ def test_sampling_controls(tok):
             logits = model(torch.tensor([p + gen]))[0, len(p) - 1 : -1]
             top3 = logits.topk(3, dim=-1).indices
             assert all(t in top3[j].tolist() for j, t in enumerate(gen))
+
+
+def test_top_p_nucleus_by_hand():
+    # the smallest prefix with mass >= top_p: probs 0.5, 0.3, 0.15, 0.05 -> top_p 0.7 keeps 2, 0.8 keeps 2, 0.81 keeps 3
+    logits = torch.tensor([[0.15, 0.5, 0.05, 0.3]]).log()
+    for top_p, kept in ((0.4, [1]), (0.7, [1, 3]), (0.8, [1, 3]), (0.81, [1, 3, 0]), (0.99, [1, 3, 0, 2])):
+        vals, ids = _nucleus(logits, top_p, first=2)  # first=2 forces the full sort whenever 2 are not enough
+        assert ids[0, : len(kept)].tolist() == kept and bool(vals[0, len(kept):].isinf().all()), top_p
+        assert bool(vals[0, : len(kept)].isfinite().all())
+    # the top-k shortcut and the full sort agree on peaked and flat rows (flat rows take the fallback)
+    g = torch.Generator().manual_seed(0)
+    for rows in (torch.randn(4, 3000, generator=g) * 8, torch.randn(4, 3000, generator=g) * 0.1):
+        fast, slow = _nucleus(rows, 0.95, first=4), _nucleus(rows, 0.95, first=3000)
+        for (fv, fi), (sv, si) in zip(zip(*fast, strict=True), zip(*slow, strict=True), strict=True):
+            assert set(fi[fv.isfinite()].tolist()) == set(si[sv.isfinite()].tolist())
 
 
 def test_stops_per_sequence(tok):

@@ -11,12 +11,12 @@ from qwen3_trainer.platform.data import synthetic as syn
 from qwen3_trainer.platform.posttrain import verifiers
 
 
-@pytest.mark.parametrize("difficulty", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("difficulty", [0, 1, 2, 3, 4, 5])
 def test_answers_are_right_and_verify(difficulty):
     rng = random.Random(difficulty)
     for _ in range(50):
         p = syn.make_problem(rng, difficulty)
-        if difficulty < 4:
+        if difficulty != 4:
             expr = re.fullmatch(r"What is (.+)\?", p.question).group(1)
             assert str(eval(expr)) == p.answer  # noqa: S307 - our own arithmetic strings
         else:
@@ -35,6 +35,8 @@ def test_split_is_disjoint_and_seeded():
     assert not {p.question for p in a_train} & {p.question for p in a_test}
     with pytest.raises(ValueError, match="only 81 distinct problems"):
         syn.split_problems(70, 20, difficulties=[0])
+    train, held = syn.split_problems(600, 200, seed=0, difficulties=[5])  # 891 distinct: room for both
+    assert len({p.question for p in train + held}) == 800
 
 
 def test_record_shapes():
