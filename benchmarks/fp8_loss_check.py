@@ -37,7 +37,6 @@ def corpus_tokens(n_tokens: int) -> list[int]:
 
 def child(a) -> None:
     import torch
-
     from train_throughput import build_ours
 
     ids = torch.tensor(corpus_tokens(a.steps * a.mb * (a.seq + 1)))
