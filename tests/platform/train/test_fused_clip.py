@@ -5,7 +5,6 @@ import pytest
 import torch
 
 
-
 def _losses(implementation: str, max_norm: float, tmp_path) -> tuple[list[float], list[float]]:
     from qwen3_trainer.platform.train.config import TrainConfig
     from qwen3_trainer.platform.train.trainer import Trainer
