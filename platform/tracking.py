@@ -1,5 +1,9 @@
 """Experiment tracking: the one module that talks to MLflow.
 
+Two parts: ``Tracker`` logs one training run from the trainer; ``MlflowStore`` is the client-side
+API the pipeline's lineage (``workflows/lineage.py``) uses for runs, tags, metric histories,
+artifacts and the model registry, so no other module imports mlflow.
+
 Rank 0 logs; other ranks get a no-op tracker. Metrics go through a queue to a background thread
 (``log_batch`` every flush), so a slow tracking server never stalls a training step. Every metric
 is also appended to a local JSONL file, which is the whole record when no MLflow server is set
@@ -157,3 +161,70 @@ class Tracker:
                         print(f"[tracker] MLflow set_terminated failed: {exc}", flush=True)
             if close is not None:
                 return
+
+
+class MlflowStore:
+    """Client-side MLflow calls (runs, tags, metric history, artifacts, model registry)."""
+
+    def __init__(self, uri: str):
+        from mlflow.tracking import MlflowClient
+
+        check_reachable(uri)
+        self.uri = uri
+        self.client = MlflowClient(uri)
+
+    def experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        return exp.experiment_id if exp else self.client.create_experiment(name)
+
+    def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+        return self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = [Param(k, v) for k, v in flatten(params).items()]
+        for i in range(0, len(flat), 100):
+            self.client.log_batch(run_id, params=flat[i : i + 100])
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, str(v))
+
+    def set_terminated(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def log_metric(self, run_id: str, key: str, value: float, step: int) -> None:
+        self.client.log_metric(run_id, key, value, step=step)
+
+    def metric_history(self, run_id: str, key: str) -> list[tuple[int, float]]:
+        return [(m.step, m.value) for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+    def last_metrics(self, run_id: str) -> dict[str, float]:
+        return dict(self.client.get_run(run_id).data.metrics)
+
+    def artifact_paths(self, run_id: str, folder: str) -> list[str]:
+        return [a.path for a in self.client.list_artifacts(run_id, folder)]
+
+    def log_artifact(self, run_id: str, path: str, folder: str) -> None:
+        self.client.log_artifact(run_id, path, folder)
+
+    def log_artifacts(self, run_id: str, local_dir: str, folder: str) -> None:
+        self.client.log_artifacts(run_id, local_dir, folder)
+
+    def artifact_uri(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.artifact_uri.rstrip("/")
+
+    def register_version(self, name: str, *, description: str, source: str, run_id: str,
+                         tags: dict[str, str], alias: str) -> str:
+        """Create the registered model if needed, add a version from ``source``, point ``alias`` at it."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.create_registered_model(name, description=description)
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        version = self.client.create_model_version(name, source, run_id=run_id, tags=tags)
+        self.client.set_registered_model_alias(name, alias, version.version)
+        return str(version.version)

@@ -54,3 +54,26 @@ def test_public_api_resolves():
 def test_ruff_clean():
     out = subprocess.run([sys.executable, "-m", "ruff", "check", str(ROOT)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-2000:]
+
+
+# each external system is reached from one place (STYLE.md: one module per external system)
+SYSTEM_OWNERS = {
+    "mlflow": ("platform/tracking.py",),
+    "prefect": ("workflows/",),
+    "fsspec": ("model/storage.py",),
+    "kubernetes": ("platform/jobs/",),
+}
+
+
+def test_external_systems_have_one_owner():
+    import re
+
+    stray = []
+    for folder in ("model", "platform", "workflows", "cli"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            rel = path.relative_to(ROOT).as_posix()
+            text = path.read_text()
+            for system, owners in SYSTEM_OWNERS.items():
+                if re.search(rf"^\s*(import|from) {system}\b", text, re.M) and not rel.startswith(owners):
+                    stray.append(f"{rel} imports {system}")
+    assert not stray, stray

@@ -1,4 +1,4 @@
-"""MLflow lineage of a pipeline: the one workflows module that talks to MLflow.
+"""MLflow lineage of a pipeline, through ``platform.tracking.MlflowStore`` (the one MLflow module).
 
 - one parent run per pipeline (tags ``qwen3.pipeline_id``, ``qwen3.preset``), one child run per stage
   (``mlflow.parentRunId``), created here and handed to the stage's job as ``tracking.run_id`` so the
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from qwen3_trainer.model import storage
-from qwen3_trainer.platform.tracking import check_reachable, flatten
+from qwen3_trainer.platform.tracking import MlflowStore
 from qwen3_trainer.workflows.presets import ALIASES, FLOW_NAMES
 
 THINKING_PREFIXES = ("thinking_budget/", "eval/thinking_budget")
@@ -43,21 +43,17 @@ def model_name(preset: str, stage: str) -> str:
 
 class Lineage:
     def __init__(self, uri: str, experiment: str):
-        from mlflow.tracking import MlflowClient
-
-        check_reachable(uri)
         self.uri = uri
-        self.client = MlflowClient(uri)
-        exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        self.store = MlflowStore(uri)
+        self.experiment_id = self.store.experiment_id(experiment)
 
     # -- runs ----------------------------------------------------------------------------------
     def start_pipeline(self, pipeline_id: str, preset: str, params: dict[str, Any]) -> str:
-        run = self.client.create_run(self.experiment_id, run_name=f"qwen3-pipeline {pipeline_id}",
-                                     tags={"qwen3.pipeline_id": pipeline_id, "qwen3.preset": preset,
-                                           "qwen3.kind": "pipeline"})
-        self._params(run.info.run_id, params)
-        return run.info.run_id
+        run_id = self.store.create_run(self.experiment_id, f"qwen3-pipeline {pipeline_id}",
+                                       {"qwen3.pipeline_id": pipeline_id, "qwen3.preset": preset,
+                                        "qwen3.kind": "pipeline"})
+        self.store.log_params(run_id, params)
+        return run_id
 
     def start_stage(self, parent_run_id: str, pipeline_id: str, stage: str, config_hash: str,
                     knobs: dict[str, Any], init_checkpoint: str | None, teacher: str | None) -> str:
@@ -66,23 +62,15 @@ class Lineage:
                 "qwen3.init_checkpoint": init_checkpoint or "none"}
         if teacher:
             tags["qwen3.teacher_checkpoint"] = teacher
-        run = self.client.create_run(self.experiment_id, run_name=FLOW_NAMES[stage], tags=tags)
-        self._params(run.info.run_id, {"knobs": knobs})
-        return run.info.run_id
-
-    def _params(self, run_id: str, params: dict[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        flat = [Param(k, v) for k, v in flatten(params).items()]
-        for i in range(0, len(flat), 100):
-            self.client.log_batch(run_id, params=flat[i : i + 100])
+        run_id = self.store.create_run(self.experiment_id, FLOW_NAMES[stage], tags)
+        self.store.log_params(run_id, {"knobs": knobs})
+        return run_id
 
     def tag(self, run_id: str, **tags: str) -> None:
-        for k, v in tags.items():
-            self.client.set_tag(run_id, f"qwen3.{k}", str(v))
+        self.store.set_tags(run_id, {f"qwen3.{k}": str(v) for k, v in tags.items()})
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
-        self.client.set_terminated(run_id, status=status)
+        self.store.set_terminated(run_id, status)
 
     def url(self, run_id: str) -> str | None:
         if not self.uri.startswith("http"):
@@ -91,11 +79,11 @@ class Lineage:
 
     # -- metrics -------------------------------------------------------------------------------
     def history(self, run_id: str, key: str) -> list[tuple[int, float]]:
-        return [(m.step, m.value) for m in sorted(self.client.get_metric_history(run_id, key), key=lambda m: m.step)]
+        return self.store.metric_history(run_id, key)
 
     def summary(self, run_id: str) -> dict[str, float]:
         """Last value of every metric of the run, plus the first loss (to show the drop)."""
-        metrics = dict(self.client.get_run(run_id).data.metrics)
+        metrics = self.store.last_metrics(run_id)
         loss = self.history(run_id, "loss")
         if loss:
             metrics["loss_first"] = loss[0][1]
@@ -109,8 +97,8 @@ class Lineage:
         loss = self.history(run_id, "loss")
         if loss:
             out.append(self._plot(run_id, "loss.png", f"{stage} loss", {"loss": loss}, "step", "loss"))
-        keys = [k for k in self.client.get_run(run_id).data.metrics if k.startswith(THINKING_PREFIXES)]
-        if keys and "plots/thinking_budget.png" not in [a.path for a in self.client.list_artifacts(run_id, "plots")]:
+        keys = [k for k in self.store.last_metrics(run_id) if k.startswith(THINKING_PREFIXES)]
+        if keys and "plots/thinking_budget.png" not in self.store.artifact_paths(run_id, "plots"):
             curves = {k: self.history(run_id, k) for k in sorted(keys)}
             out.append(self._plot(run_id, "thinking_budget.png", f"{stage} thinking budget", curves,
                                   "thinking budget (tokens)", "value"))
@@ -133,7 +121,7 @@ class Lineage:
         """Metrics ``thinking_budget/<name>`` (step = budget in tokens) and thinking_budget.png."""
         for name, points in curves.items():
             for budget, value in points:
-                self.client.log_metric(run_id, f"thinking_budget/{name}", value, step=budget)
+                self.store.log_metric(run_id, f"thinking_budget/{name}", value, budget)
         shown = {k: v for k, v in curves.items() if k != "response_tokens"}
         return self._plot(run_id, "thinking_budget.png", "held-out accuracy vs thinking budget", shown,
                           "thinking budget (tokens)", "rate")
@@ -158,25 +146,17 @@ class Lineage:
             path = Path(tmp) / filename
             fig.savefig(path)
             plt.close(fig)
-            self.client.log_artifact(run_id, str(path), "plots")
+            self.store.log_artifact(run_id, str(path), "plots")
         return f"plots/{filename}"
 
     # -- model registry ------------------------------------------------------------------------
     def register_model(self, run_id: str, preset: str, stage: str, hf_uri: str) -> tuple[str, str]:
         """Log the HF export as ``hf/`` artifacts of the stage run and register it; returns
         (registered model name, version) with the stage alias pointing at it."""
-        from mlflow.exceptions import MlflowException
-
         with storage.local_copy(hf_uri) as local:
-            self.client.log_artifacts(run_id, str(local), "hf")
+            self.store.log_artifacts(run_id, str(local), "hf")
         name = model_name(preset, stage)
-        try:
-            self.client.create_registered_model(name, description=f"Qwen3 {preset} pipeline checkpoints")
-        except MlflowException as exc:
-            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
-                raise
-        source = f"{self.client.get_run(run_id).info.artifact_uri.rstrip('/')}/hf"
-        version = self.client.create_model_version(name, source, run_id=run_id,
-                                                   tags={"qwen3.stage": stage, "qwen3.hf_uri": hf_uri})
-        self.client.set_registered_model_alias(name, ALIASES[stage], version.version)
-        return name, str(version.version)
+        version = self.store.register_version(
+            name, description=f"Qwen3 {preset} pipeline checkpoints", source=f"{self.store.artifact_uri(run_id)}/hf",
+            run_id=run_id, tags={"qwen3.stage": stage, "qwen3.hf_uri": hf_uri}, alias=ALIASES[stage])
+        return name, version
