@@ -16,11 +16,9 @@ Chrome traces are written only with ``--trace`` (they are large for the MoE shap
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 
@@ -92,20 +90,11 @@ def child(args) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", default="1.7B,8B,30B-A3B-8L")
-    p.add_argument("--impls", default="qwen3-trainer-bf16-compile")
-    p.add_argument("--seq", type=int, default=4096)
-    p.add_argument("--mb", default="1.7B:2,8B:1,30B-A3B-8L:2", help="micro-batch per model, or one int")
-    p.add_argument("--steps", type=int, default=2)
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--device", default="cuda")
+    from train_throughput import row_args, run_child
+
+    p = row_args(__doc__.splitlines()[0], impls="qwen3-trainer-bf16-compile", steps=2, timeout=300)
     p.add_argument("--out", required=True)
     p.add_argument("--trace", action="store_true")
-    p.add_argument("--timeout", type=int, default=300)
-    p.add_argument("--child", action="store_true")
-    p.add_argument("--flavor")
-    p.add_argument("--impl")
     args = p.parse_args()
     if args.child:
         args.mb = int(args.mb)
@@ -120,17 +109,12 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--child", "--flavor", flavor, "--impl", impl, "--seq", str(args.seq),
                    "--mb", str(mb), "--steps", str(args.steps), "--warmup", str(args.warmup),
                    "--device", args.device, "--out", args.out] + (["--trace"] if args.trace else [])
-            try:
-                text = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-                text = text.stdout + text.stderr
-            except subprocess.TimeoutExpired as exc:
-                text = f"TIMEOUT after {args.timeout}s {exc.stdout or ''}"
-            line = next((x for x in text.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
+            result, text = run_child(cmd, args.timeout)
+            if result is None:
                 rows.append({"model": flavor, "impl": impl, "error": text[-1500:]})
                 print(f"{flavor} {impl} FAILED\n{text[-1500:]}", flush=True)
                 continue
-            rows.append(json.loads(line[7:]))
+            rows.append(result)
             print(json.dumps(rows[-1]), flush=True)
     with open(os.path.join(args.out, "profile_summary.json"), "w") as f:
         json.dump(rows, f, indent=1)

@@ -163,20 +163,38 @@ def child(args) -> None:
     print("RESULT " + json.dumps(out), flush=True)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_child(cmd: list[str], timeout: int) -> tuple[dict | None, str]:
+    """Run one row in its own process; returns its ``RESULT`` JSON (None if it failed) and its output."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        text = proc.stdout + proc.stderr
+    except subprocess.TimeoutExpired as exc:
+        text = f"TIMEOUT after {timeout}s {exc.stdout or ''}"
+    line = next((x for x in text.splitlines() if x.startswith("RESULT ")), None)
+    return (json.loads(line[7:]) if line else None), text
+
+
+def row_args(description: str, *, impls: str, steps: int, timeout: int) -> argparse.ArgumentParser:
+    """The options shared by the per-row benchmarks (this file, profile_step.py)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--models", default="1.7B,8B,30B-A3B-8L")
-    p.add_argument("--impls", default="hf-eager,hf-compile,qwen3-trainer-bf16-compile")
+    p.add_argument("--impls", default=impls)
     p.add_argument("--seq", type=int, default=4096)
     p.add_argument("--mb", default="1.7B:2,8B:1,30B-A3B-8L:2", help="micro-batch per model, or one int")
-    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--steps", type=int, default=steps)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--out", default=None)
-    p.add_argument("--timeout", type=int, default=420)
+    p.add_argument("--timeout", type=int, default=timeout)
     p.add_argument("--child", action="store_true")
     p.add_argument("--flavor")
     p.add_argument("--impl")
+    return p
+
+
+def main() -> None:
+    p = row_args(__doc__.splitlines()[0], impls="hf-eager,hf-compile,qwen3-trainer-bf16-compile", steps=8,
+                 timeout=420)
+    p.add_argument("--out", default=None)
     args = p.parse_args()
     if args.child:
         args.mb = int(args.mb)
@@ -195,18 +213,12 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--child", "--flavor", flavor, "--impl", impl, "--seq", str(args.seq),
                    "--mb", str(mb), "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
             t0 = time.time()
-            try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
-                text = proc.stdout + proc.stderr
-            except subprocess.TimeoutExpired as exc:
-                text = f"TIMEOUT after {args.timeout}s {exc.stdout or ''}"
-            line = next((x for x in text.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
+            r, text = run_child(cmd, args.timeout)
+            if r is None:
                 err = [x for x in text.splitlines() if "Error" in x or "error" in x][-3:]
                 rows.append({"model": flavor, "impl": impl, "error": " | ".join(err)[-600:]})
                 print(f"{flavor:12s} {impl:28s} FAILED {rows[-1]['error']}", flush=True)
                 continue
-            r = json.loads(line[7:])
             sec = sorted(r["seconds"])[len(r["seconds"]) // 2]  # median step
             tps = mb * args.seq / sec
             tflops = fpt * tps / 1e12
