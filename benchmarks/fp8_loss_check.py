@@ -71,7 +71,7 @@ def main() -> None:
         t0 = time.time()
         cmd = [sys.executable, __file__, "--child", "--impl", impl] + [
             f"--{k}={getattr(a, k)}" for k in ("model", "steps", "mb", "seq", "lr", "warmup")]
-        text = subprocess.run(cmd, capture_output=True, text=True)
+        text = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
         line = next((x for x in (text.stdout + text.stderr).splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             raise SystemExit(f"{impl} failed:\n{(text.stdout + text.stderr)[-3000:]}")
@@ -80,7 +80,7 @@ def main() -> None:
         print(f"{impl}: final-10 mean loss {sum(tail) / len(tail):.4f}, median step {runs[impl]['median_step_s']:.3f}s",
               flush=True)
     names = list(runs)
-    mean10 = {k: sum(v["losses"][-10:]) / 10 for k, v in runs.items()}
+    mean10 = {k: sum(v["losses"][-10:]) / len(v["losses"][-10:]) for k, v in runs.items()}
     result = {"model": a.model, "steps": a.steps, "mb": a.mb, "seq": a.seq, "lr": a.lr, "warmup": a.warmup,
               "data": "Python stdlib text (pydoc topics + *.py), Qwen3 tokenizer", "runs": runs,
               "final10_mean_loss": mean10,

@@ -1,19 +1,22 @@
 """Token dispatch and combine for torchtitan's MoE layer as gathers through the routing permutation.
 
-Scope: the data movement around the experts in torchtitan 0.2.2's ``MoE.forward`` (one device; the
-experts module and its expert-parallel hooks are called exactly as before). Same math, fewer and
-cheaper passes over the ``tokens * top_k`` routed rows:
+Scope: the data movement around the experts in torchtitan 0.2.2's ``MoE.forward``, on each rank's
+local tokens (the experts module and its FSDP / expert-parallel hooks are called exactly as before;
+with tensor *and* expert parallelism torchtitan splits the routed slots over TP ranks, and the
+trainer keeps torchtitan's forward there). Same math, fewer and cheaper passes over the
+``tokens * top_k`` routed rows:
 
 * torchtitan dispatches with ``x[order // k]`` (backward: an atomic ``index_add`` of T*k rows into T)
   and combines by scattering the expert outputs back into slot order, up-casting all of them to
   fp32 and a ``bmm`` with the router scores (backward: the same scatter reversed). Here both
   directions of both steps are gathers through ``order`` and its inverse permutation, with the
-  fp32 weighting fused into the gather: no atomics, no fp32 copy of the routed rows.
+  fp32 weighting fused into the gather: no atomics, and once compiled (``compile_routing``) no fp32
+  copy of the routed rows.
 * Without expert parallelism torchtitan pads every expert's token group to a multiple of 8 rows
   (a triton index kernel, a gather into a padded buffer and a scatter back, per layer) before
   ``torch._grouped_mm``. bf16 grouped GEMM has no such alignment need (the padding exists for
   float8/mxfp8 grouped GEMMs; torchtitan PR 2255 drops it for bf16), so the experts run on the
-  sorted rows directly. With EP, or a float8 alignment set, torchtitan's path is kept.
+  sorted rows directly. With EP, or a float8 alignment set, the experts keep torchtitan's padded path.
 
 ``install(model)`` binds both to every MoE layer of a built model (``build_model`` does it);
 ``compile_routing()`` swaps in ``torch.compile``d kernels (the trainer does it with ``compile``).
@@ -57,21 +60,25 @@ class _Combine(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, routed: torch.Tensor, scores: torch.Tensor, order: torch.Tensor,
-                inverse: torch.Tensor) -> torch.Tensor:
+                inverse: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
         tokens, top_k = scores.shape
         ctx.save_for_backward(routed, scores, order, inverse)
         slots = _acc(routed[inverse].view(tokens, top_k, -1))
-        return (slots * _acc(scores).unsqueeze(-1)).sum(dim=1).to(routed.dtype)
+        return (slots * _acc(scores).unsqueeze(-1)).sum(dim=1).to(out_dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         routed, scores, order, inverse = ctx.saved_tensors
         tokens, top_k = scores.shape
         g = _acc(grad)
-        grad_routed = (g[order // top_k] * _acc(scores.reshape(-1)[order]).unsqueeze(-1)).to(routed.dtype)
-        slots = _acc(routed[inverse].view(tokens, top_k, -1))
-        grad_scores = (slots * g.unsqueeze(1)).sum(dim=-1).to(scores.dtype)
-        return grad_routed, grad_scores, None, None
+        grad_routed = grad_scores = None
+        if ctx.needs_input_grad[0]:
+            weights = _acc(scores.reshape(-1)[order]).unsqueeze(-1)
+            grad_routed = (g[order // top_k] * weights).to(routed.dtype)
+        if ctx.needs_input_grad[1]:
+            slots = _acc(routed[inverse].view(tokens, top_k, -1))
+            grad_scores = (slots * g.unsqueeze(1)).sum(dim=-1).to(scores.dtype)
+        return grad_routed, grad_scores, None, None, None
 
 
 def _inverse(order: torch.Tensor) -> torch.Tensor:
@@ -85,20 +92,23 @@ def _dispatch(x: torch.Tensor, order: torch.Tensor, top_k: int) -> tuple[torch.T
     return _Dispatch.apply(x, order, inverse, top_k), inverse
 
 
-def _combine(routed: torch.Tensor, scores: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-    return _Combine.apply(routed, scores, order, inverse)
+def _combine(routed: torch.Tensor, scores: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor,
+             out_dtype: torch.dtype) -> torch.Tensor:
+    return _Combine.apply(routed, scores, order, inverse, out_dtype)
 
 
-_kernels = {"dispatch": _dispatch, "combine": _combine}
+_kernels = {"dispatch": _dispatch, "combine": _combine, "backend": None}
 
 
 def compile_routing(backend: str = "inductor") -> None:
-    """Use compiled dispatch/combine (fused gathers) from now on; idempotent."""
-    if not getattr(_kernels["dispatch"], "_compiled", False):
-        for name, fn in (("dispatch", _dispatch), ("combine", _combine)):
-            compiled = torch.compile(fn, backend=backend, fullgraph=True, dynamic=False)
-            compiled._compiled = True
-            _kernels[name] = compiled
+    """Use compiled dispatch/combine (fused gathers) from now on, process-wide; idempotent per backend.
+
+    Shapes are left to automatic dynamic: the token count varies in rollouts and SFT batches, and a
+    static compile would hit the recompile limit (an error under ``fullgraph``).
+    """
+    if _kernels["backend"] != backend:
+        _kernels.update(dispatch=torch.compile(_dispatch, backend=backend, fullgraph=True),
+                        combine=torch.compile(_combine, backend=backend, fullgraph=True), backend=backend)
 
 
 def moe_forward(self: MoE, x: torch.Tensor) -> torch.Tensor:
@@ -109,9 +119,12 @@ def moe_forward(self: MoE, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         self.tokens_per_expert.add_(num_tokens_per_expert)
     _, order, num_tokens_per_expert = self.reorderer(top_scores, selected)
+    if order.numel() != top_scores.numel():
+        raise RuntimeError("moe_routing needs every routed slot on this rank (tensor + expert parallelism "
+                           "splits them): call moe_routing.uninstall(model) for that layout")
     routed_input, inverse = _kernels["dispatch"](x, order, self.router.top_k)
     routed_output = self.experts(routed_input, num_tokens_per_expert)
-    out = _kernels["combine"](routed_output, top_scores, order, inverse)
+    out = _kernels["combine"](routed_output, top_scores, order, inverse, x.dtype)
     if self.shared_experts is not None:
         out = self.shared_experts(x) + out
     return out.reshape(bs, slen, dim)

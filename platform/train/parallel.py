@@ -144,6 +144,8 @@ def parallelize(model: nn.Module, parallel_dims, job_config, cfg: TrainConfig) -
     if parallel_dims.tp_enabled:
         apply_non_moe_tp(model, parallel_dims.get_mesh("tp"), loss_parallel=False,
                          enable_float8_tensorwise_tp=False, enable_async_tp=False, cp_enabled=False)
+    if parallel_dims.tp_enabled and parallel_dims.ep_enabled:
+        moe_routing.uninstall(model)  # TP+EP splits each layer's routed slots over TP ranks
     if parallel_dims.tp_enabled or parallel_dims.ep_enabled:
         apply_moe_ep_tp(model, tp_mesh=parallel_dims.get_optional_mesh("tp"),
                         ep_mesh=parallel_dims.get_optional_mesh("ep"),

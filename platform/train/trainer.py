@@ -225,8 +225,8 @@ class Trainer:
         """One optimizer step over this rank's micro-batches (from the loader or a rollout)."""
         t0 = time.perf_counter()
         local_tokens = sum(self.objective.loss_tokens(b) for b in batches)  # on the host copy: no sync
-        # order-sensitive checksum of the step's global batch (resume tests compare data order);
-        # computed before the device copy so the step's hot path has no host sync
+        # order-sensitive checksum of the step's global batch (resume tests compare data order),
+        # taken from the host copy before the device copy (no sync per micro-batch)
         checksum = sum(float((b["input_ids"].double() * torch.arange(1, b["input_ids"].numel() + 1,
                        dtype=torch.float64, device=b["input_ids"].device).view_as(b["input_ids"]))
                              .sum().remainder(1e9))

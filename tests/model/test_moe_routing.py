@@ -46,5 +46,22 @@ def test_combine_gradients_by_finite_differences():
     x = torch.randn(tokens, dim, dtype=torch.float64, requires_grad=True)
     inverse = moe_routing._inverse(order)
     assert torch.equal(inverse[order], torch.arange(tokens * k))
-    torch.autograd.gradcheck(lambda r, s: moe_routing._Combine.apply(r, s, order, inverse), (routed, scores))
+    torch.autograd.gradcheck(lambda r, s: moe_routing._Combine.apply(r, s, order, inverse, torch.float64),
+                                (routed, scores))
     torch.autograd.gradcheck(lambda v: moe_routing._Dispatch.apply(v, order, inverse, k), (x,))
+
+
+def test_compiled_kernels_take_any_token_count(monkeypatch):
+    """Rollouts and SFT batches change the token count every call: no recompile-limit failure."""
+    monkeypatch.setattr(moe_routing, "_kernels", dict(moe_routing._kernels))
+    moe_routing.compile_routing()
+    k, dim = 2, 8
+    for tokens in range(3, 3 + 12):
+        x = torch.randn(tokens, dim, requires_grad=True)
+        scores = torch.rand(tokens, k, requires_grad=True)
+        order = torch.randperm(tokens * k)
+        routed, inverse = moe_routing._kernels["dispatch"](x, order, k)
+        out = moe_routing._kernels["combine"](routed * 2, scores, order, inverse, x.dtype)
+        out.sum().backward()
+        expected = 2 * x.detach() * scores.detach().sum(dim=1, keepdim=True)
+        torch.testing.assert_close(out.detach(), expected)
