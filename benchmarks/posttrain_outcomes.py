@@ -383,7 +383,8 @@ def notes(r: dict) -> list[str]:
         f"- GRPO: {100 * g['sampled']['diff']:+.1f} ± {100 * g['sampled']['se']:.1f} points sampled, "
         f"{100 * g['greedy']['diff']:+.1f} ± {100 * g['greedy']['se']:.1f} greedy"
         + (": above 2 standard errors." if r["claims"]["grpo_raises_heldout_accuracy"] else
-           ": in the right direction, but within 2 standard errors, so not established by this run."),
+           ": in the right direction, but within 2 standard errors, so not established by this run."
+           if g["sampled"]["diff"] > 0 else ": no gain."),
         "  History (same script): on an H200 (`POSTTRAIN_OUTCOMES_DEVICE=cuda`, exploration only, not these",
         "  numbers) 40 GRPO steps from a 200-step cold start (19% greedy / 16% sampled) reached 52% / 47%",
         "  (+33.5 ± 4.1 / +30.9 ± 3.0); from a 160-step cold start (6%) they lowered accuracy (the math",
@@ -411,7 +412,8 @@ def notes(r: dict) -> list[str]:
         f"{100 * dp['sampled']['se']:.1f} points sampled, {100 * dp['greedy']['diff']:+.1f} ± "
         f"{100 * dp['greedy']['se']:.1f} greedy"
         + (": above 2 standard errors." if r["claims"]["onpolicy_beats_sft_only"] else
-           ": ahead, but within 2 standard errors, so not established by this run."),
+           ": ahead, but within 2 standard errors, so not established by this run." if dp["sampled"]["diff"] > 0
+           else ": not ahead."),
         "  Both arms are the same `distill_onpolicy` job from the cold-start checkpoint (which",
         "  never saw mode flags), 8 whole sequences per step, the same teacher responses (greedy, both modes,",
         "  unverified). An earlier design trained the SFT arm through the packed SFT loader (2-3 chats per",
