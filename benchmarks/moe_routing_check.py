@@ -45,6 +45,7 @@ def layer_time(tokens: int, iters: int) -> dict:
     args = get_flavor("30B-A3B-8L")
     with torch.device("cuda"):
         moe = MoE(args.moe_args, dim=args.dim, hidden_dim=args.moe_inter_dim)
+    with torch.no_grad():
         moe.init_weights(0.02, torch.device("cuda"))
     moe = moe.to(torch.bfloat16)
     x = torch.randn(1, tokens, args.dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
