@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import sysconfig
 import time
@@ -66,16 +65,17 @@ def main() -> None:
     if a.child:
         child(a)
         return
+    from train_throughput import run_child
+
     runs = {}
     for impl in a.impls.split(","):
         t0 = time.time()
         cmd = [sys.executable, __file__, "--child", "--impl", impl] + [
             f"--{k}={getattr(a, k)}" for k in ("model", "steps", "mb", "seq", "lr", "warmup")]
-        text = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-        line = next((x for x in (text.stdout + text.stderr).splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            raise SystemExit(f"{impl} failed:\n{(text.stdout + text.stderr)[-3000:]}")
-        runs[impl] = {**json.loads(line[7:]), "wall_s": round(time.time() - t0, 1)}
+        result, text = run_child(cmd, 1800)
+        if result is None:
+            raise SystemExit(f"{impl} failed:\n{text[-3000:]}")
+        runs[impl] = {**result, "wall_s": round(time.time() - t0, 1)}
         tail = runs[impl]["losses"][-10:]
         print(f"{impl}: final-10 mean loss {sum(tail) / len(tail):.4f}, median step {runs[impl]['median_step_s']:.3f}s",
               flush=True)

@@ -76,23 +76,19 @@ class Tracker:
         self._client = None
         if self.uri:
             import mlflow
-            from mlflow.tracking import MlflowClient
 
             mlflow.set_tracking_uri(self.uri)
-            self._client = MlflowClient(self.uri)
+            store = MlflowStore(self.uri)
+            self._client = store.client
             if run_id:
                 self.run_id = run_id
                 self._client.update_run(run_id, status="RUNNING")
+                store.set_tags(run_id, tags or {})
             else:
-                exp = self._client.get_experiment_by_name(experiment)
-                exp_id = exp.experiment_id if exp else self._client.create_experiment(experiment)
                 all_tags = dict(tags or {})
                 if parent_run_id:
                     all_tags["mlflow.parentRunId"] = parent_run_id
-                self.run_id = self._client.create_run(exp_id, run_name=run_name, tags=all_tags).info.run_id
-            if tags and run_id:
-                for k, v in tags.items():
-                    self._client.set_tag(run_id, k, v)
+                self.run_id = store.create_run(store.experiment_id(experiment), run_name, all_tags)
         self._thread = threading.Thread(target=self._drain, name="tracker", daemon=True)
         self._thread.start()
 
@@ -177,7 +173,7 @@ class MlflowStore:
         exp = self.client.get_experiment_by_name(name)
         return exp.experiment_id if exp else self.client.create_experiment(name)
 
-    def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+    def create_run(self, experiment_id: str, run_name: str | None, tags: dict[str, str]) -> str:
         return self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:

@@ -200,7 +200,7 @@ class DistillOnPolicy:
             rollouts.log_step(trainer, {**m, **phase}, history)
             rollouts.maybe_checkpoint(trainer)
         self._evaluate(trainer, engine, tok, held, history, evaluate_accuracy)
-        return rollouts.finish(trainer, history, resumed)
+        return trainer.finish(history, resumed)
 
     def _evaluate(self, trainer, engine, tok, held, history, evaluate_accuracy) -> None:
         if not held:

@@ -188,7 +188,7 @@ class GRPO:
             if self.eval_interval and round_ % self.eval_interval == 0 and trainer.step < cfg.training.steps:
                 self.evaluate(trainer, engine, tok, held_out, history)
         self.evaluate(trainer, engine, tok, held_out, history)
-        return rollouts.finish(trainer, history, resumed)
+        return trainer.finish(history, resumed)
 
     def evaluate(self, trainer, engine, tok, held_out: list[dict], history) -> dict[str, float] | None:
         """Greedy held-out accuracy (math verifier) and format rate of the current policy."""

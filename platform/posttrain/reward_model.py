@@ -119,7 +119,7 @@ class RewardModelObjective:
             rollouts.log_step(trainer, m, history)
             rollouts.maybe_checkpoint(trainer)
         self._evaluate(trainer, tok, held, history)
-        return rollouts.finish(trainer, history, resumed)
+        return trainer.finish(history, resumed)
 
     @torch.no_grad()
     def _evaluate(self, trainer, tok, held, history) -> None:

@@ -10,7 +10,6 @@
 - ``sequences_to_batches``: prompt + response ids -> right-padded micro-batches whose labels are the
   response tokens (tokens forced in by a thinking budget excluded), with per-token extras.
 - ``frozen_model``: a reference/teacher checkpoint (HF or DCP) loaded frozen on a device.
-- ``finish``: the end of an objective-driven ``fit``: final checkpoint, HF export, tags.
 """
 
 from __future__ import annotations
@@ -153,7 +152,3 @@ def maybe_checkpoint(trainer) -> None:
         if trainer.tracker:
             trainer.tracker.set_tag(f"checkpoint.step-{trainer.step}", path)
 
-
-def finish(trainer, history: list[dict[str, Any]], resumed: str | None) -> dict[str, Any]:
-    """Final checkpoint and HF export, as ``Trainer.fit`` ends a loader-driven run."""
-    return trainer.finish(history, resumed)
