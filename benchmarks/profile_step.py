@@ -11,7 +11,8 @@ names), runs warm-up steps, then profiles ``--steps`` steps and writes, per row,
     python benchmarks/profile_step.py --models 1.7B,8B,30B-A3B-8L --out /tmp/prof
     python benchmarks/profile_step.py --models debugmodel --seq 128 --device cpu --out /tmp/prof  # smoke
 
-Chrome traces are written only with ``--trace`` (they are large for the MoE shape).
+Chrome traces are kept only with ``--trace`` (they are large for the MoE shape); on a GPU the summary
+also lists where the GPU sits idle between kernels (``idle_gaps``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,46 @@ def category(name: str) -> str:
         if re.search(pat, low):
             return cat
     return "other"
+
+
+def idle_gaps(trace_file: str, top: int = 12, min_us: float = 50.0) -> dict:
+    """Where the GPU waits: gaps between consecutive kernels (of ``min_us`` or more) in a chrome trace,
+    each with the kernels around it, how long after the previous kernel ended the next one was
+    launched on the host (``launch_lag_us`` > 0: the host was late, the step is host-bound there),
+    and the innermost and outermost host ops that launched it; plus idle time summed per outermost op."""
+    with open(trace_file) as f:
+        ev = json.load(f)["traceEvents"]
+    kernels = sorted((e for e in ev if e.get("cat") == "kernel"), key=lambda e: e["ts"])
+    launches = {e["args"].get("correlation"): e for e in ev if e.get("cat") == "cuda_runtime"}
+    ops: dict = {}
+    for e in ev:
+        if e.get("cat") == "cpu_op":
+            ops.setdefault(e["tid"], []).append(e)
+
+    def enclosing(rt):
+        around = [o for o in ops.get(rt["tid"], []) if o["ts"] <= rt["ts"] <= o["ts"] + o["dur"]]
+        if not around:
+            return "?", "?"
+        return min(around, key=lambda o: o["dur"])["name"], max(around, key=lambda o: o["dur"])["name"]
+
+    gaps, per_op, small = [], {}, 0.0
+    for prev, nxt in zip(kernels, kernels[1:], strict=False):
+        end = prev["ts"] + prev["dur"]
+        gap = nxt["ts"] - end
+        if gap < min_us:
+            small += max(gap, 0.0)
+            continue
+        rt = launches.get(nxt["args"].get("correlation"))
+        inner, outer = enclosing(rt) if rt else ("?", "?")
+        per_op[outer[:80]] = per_op.get(outer[:80], 0.0) + gap
+        gaps.append({"gap_us": round(gap, 1), "launch_lag_us": round(rt["ts"] - end, 1) if rt else None,
+                     "prev": prev["name"][:70], "next": nxt["name"][:70], "op": inner[:80], "outer_op": outer[:80]})
+    gaps.sort(key=lambda g: -g["gap_us"])
+    return {"idle_us_in_gaps": round(sum(g["gap_us"] for g in gaps), 1), "n_gaps": len(gaps),
+            "idle_us_in_smaller_gaps": round(small, 1), "kernels": len(kernels),
+            "span_us": round(kernels[-1]["ts"] + kernels[-1]["dur"] - kernels[0]["ts"], 1) if kernels else 0.0,
+            "idle_us_by_outer_op": dict(sorted(((k, round(v, 1)) for k, v in per_op.items()), key=lambda kv: -kv[1])[:12]),
+            "largest": gaps[:top]}
 
 
 def child(args) -> None:
@@ -80,9 +121,12 @@ def child(args) -> None:
         f.write(f"{'ms/step':>9} {'calls':>6}  {'category':22s} kernel\n")
         for us, n, cat, key in top[:40]:
             f.write(f"{us / 1e3:9.2f} {n:6d}  {cat:22s} {key}\n")
-    if args.trace:
-        prof.export_chrome_trace(os.path.join(args.out, f"{name}.json"))
-    summary = {"model": args.flavor, "impl": args.impl, "mb": args.mb, "seq": args.seq,
+    trace = os.path.join(args.out if args.trace else "/tmp", f"{name}.json")
+    prof.export_chrome_trace(trace)
+    gaps = idle_gaps(trace) if args.device == "cuda" else None
+    if not args.trace:
+        os.remove(trace)
+    summary = {"gaps": gaps, "model": args.flavor, "impl": args.impl, "mb": args.mb, "seq": args.seq,
                "step_ms": round(wall * 1e3, 2), "gpu_busy_ms": round(busy_ms, 2),
                "gpu_idle_frac": round(max(0.0, 1 - busy_ms / (wall * 1e3)), 4),
                "by_category_ms": {k: round(v / 1e3, 2) for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])}}

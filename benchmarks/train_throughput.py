@@ -30,6 +30,11 @@ IMPLS = {
     "qwen3-trainer-bf16": {"compile": False, "dtype": "bfloat16"},
     "qwen3-trainer-bf16-compile": {"compile": True, "dtype": "bfloat16"},
     "qwen3-trainer-bf16-compile-titanmoe": {"compile": True, "dtype": "bfloat16", "titan_moe": True},
+    "qwen3-trainer-bf16-compile-sepclip": {"compile": True, "dtype": "bfloat16", "separate_clip": True},
+    "qwen3-trainer-bf16-compile-nolbl": {"compile": True, "dtype": "bfloat16", "balance": "none"},
+    "qwen3-trainer-bf16-compile-adamw": {"compile": True, "dtype": "bfloat16", "optimizer": "compiled"},
+    "qwen3-trainer-fp8-compile-adamw": {"compile": True, "dtype": "bfloat16", "float8": "tensorwise",
+                                        "optimizer": "compiled"},
     "qwen3-trainer-mp-compile": {"compile": True, "dtype": "float32", "param_dtype": "bfloat16"},
     "qwen3-trainer-fp8-compile": {"compile": True, "dtype": "bfloat16", "float8": "tensorwise"},
     "qwen3-trainer-fp8-rowwise-compile": {"compile": True, "dtype": "bfloat16", "float8": "rowwise"},
@@ -112,9 +117,10 @@ def build_ours(flavor: str, impl: str, seq: int, mb: int, steps: int, device: st
         "model": {"flavor": flavor},
         "training": {"steps": steps, "micro_batch_size": mb, "seq_len": seq, "device": device,
                      "dtype": knobs.get("dtype", "bfloat16"), "param_dtype": knobs.get("param_dtype", "bfloat16")},
-        "optimizer": {"lr": lr},
+        "optimizer": {"lr": lr, "implementation": knobs.get("optimizer", "auto")},
         "lr": {"schedule": "constant", "warmup_steps": warmup_steps},
         "compile": knobs["compile"],
+        "moe": {"balance": knobs.get("balance", "global_batch")},
         "float8": bool(knobs.get("float8")),
         "float8_recipe": knobs.get("float8") or "tensorwise",
         "dump_dir": "/tmp/qwen3-bench",
@@ -124,6 +130,11 @@ def build_ours(flavor: str, impl: str, seq: int, mb: int, steps: int, device: st
         from qwen3_trainer.model import moe_routing
 
         moe_routing.uninstall(trainer.model_parts[0])
+    if knobs.get("separate_clip"):  # A/B: torchtitan's clip_grad_norm_ pass before the fused step
+        from torchtitan.distributed.utils import clip_grad_norm_
+
+        params = [p for m in trainer.model_parts for p in m.parameters()]
+        trainer._clip = lambda: clip_grad_norm_(params, trainer.cfg.training.max_norm, foreach=True)
     return trainer
 
 
@@ -148,7 +159,9 @@ def run_ours(flavor: str, impl: str, seq: int, mb: int, steps: int, warmup: int,
                 f"{'pure bf16' if knobs.get('dtype') == 'bfloat16' else 'fp32 weights + bf16 autocast'}, "
                 f"{'torch.compile per block' if knobs['compile'] else 'eager'}, "
                 f"{'float8 ' + knobs['float8'] + ' linears, ' if knobs.get('float8') else ''}cuDNN SDPA first, AdamW "
-                f"({trainer.job_config.optimizer.implementation}), mb={mb}")
+                f"({trainer.cfg.optimizer.implementation if knobs.get('optimizer') else trainer.job_config.optimizer.implementation}"
+                f"{', separate clip pass' if knobs.get('separate_clip') else ''}), "
+                f"{'no load-balancing loss, ' if knobs.get('balance') == 'none' else ''}mb={mb}")
     return {"seconds": times, "loss": loss, "settings": settings}
 
 
