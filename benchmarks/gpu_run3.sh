@@ -1,4 +1,5 @@
 # Device calls of the third perf session (issue 9): bash benchmarks/gpu_run3.sh PART
+# (part a's -adamw rows need commit 06c5f2c, where the compiled AdamW still exists)
 set -x
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1 || exit 1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1

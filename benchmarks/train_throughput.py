@@ -32,9 +32,6 @@ IMPLS = {
     "qwen3-trainer-bf16-compile-titanmoe": {"compile": True, "dtype": "bfloat16", "titan_moe": True},
     "qwen3-trainer-bf16-compile-sepclip": {"compile": True, "dtype": "bfloat16", "separate_clip": True},
     "qwen3-trainer-bf16-compile-nolbl": {"compile": True, "dtype": "bfloat16", "balance": "none"},
-    "qwen3-trainer-bf16-compile-adamw": {"compile": True, "dtype": "bfloat16", "optimizer": "compiled"},
-    "qwen3-trainer-fp8-compile-adamw": {"compile": True, "dtype": "bfloat16", "float8": "tensorwise",
-                                        "optimizer": "compiled"},
     "qwen3-trainer-mp-compile": {"compile": True, "dtype": "float32", "param_dtype": "bfloat16"},
     "qwen3-trainer-fp8-compile": {"compile": True, "dtype": "bfloat16", "float8": "tensorwise"},
     "qwen3-trainer-fp8-rowwise-compile": {"compile": True, "dtype": "bfloat16", "float8": "rowwise"},
@@ -117,7 +114,7 @@ def build_ours(flavor: str, impl: str, seq: int, mb: int, steps: int, device: st
         "model": {"flavor": flavor},
         "training": {"steps": steps, "micro_batch_size": mb, "seq_len": seq, "device": device,
                      "dtype": knobs.get("dtype", "bfloat16"), "param_dtype": knobs.get("param_dtype", "bfloat16")},
-        "optimizer": {"lr": lr, "implementation": knobs.get("optimizer", "auto")},
+        "optimizer": {"lr": lr},
         "lr": {"schedule": "constant", "warmup_steps": warmup_steps},
         "compile": knobs["compile"],
         "moe": {"balance": knobs.get("balance", "global_batch")},
@@ -159,7 +156,7 @@ def run_ours(flavor: str, impl: str, seq: int, mb: int, steps: int, warmup: int,
                 f"{'pure bf16' if knobs.get('dtype') == 'bfloat16' else 'fp32 weights + bf16 autocast'}, "
                 f"{'torch.compile per block' if knobs['compile'] else 'eager'}, "
                 f"{'float8 ' + knobs['float8'] + ' linears, ' if knobs.get('float8') else ''}cuDNN SDPA first, AdamW "
-                f"({trainer.cfg.optimizer.implementation if knobs.get('optimizer') else trainer.job_config.optimizer.implementation}"
+                f"({trainer.job_config.optimizer.implementation}"
                 f"{', separate clip pass' if knobs.get('separate_clip') else ''}), "
                 f"{'no load-balancing loss, ' if knobs.get('balance') == 'none' else ''}mb={mb}")
     return {"seconds": times, "loss": loss, "settings": settings}

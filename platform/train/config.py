@@ -79,14 +79,7 @@ class OptimizerSection(_Strict):
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     weight_decay: float = 0.1
-    # compiled: AdamW with one inductor kernel per large parameter (platform/train/adamw.py)
-    implementation: Literal["auto", "fused", "foreach", "for-loop", "compiled"] = "auto"
-
-    @model_validator(mode="after")
-    def _compiled_is_adamw(self):
-        if self.implementation == "compiled" and self.name != "AdamW":
-            raise ValueError("optimizer.implementation 'compiled' is an AdamW step; set optimizer.name: AdamW")
-        return self
+    implementation: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
 
 
 class LRSection(_Strict):

@@ -179,11 +179,6 @@ class Trainer:
         build = (build_optimizers_with_moe_load_balancing
                  if self.model_args.moe_enabled and self.cfg.moe.balance == "aux_free" else build_optimizers)
         self.optimizers = build(self.model_parts, self.job_config.optimizer, self.pdims)
-        if self.cfg.optimizer.implementation == "compiled":
-            from qwen3_trainer.platform.train import adamw
-
-            for opt in self.optimizers.optimizers:
-                adamw.adopt(opt)
         self.lr_schedulers = build_lr_schedulers(self.optimizers, self.job_config.lr_scheduler,
                                                  self.cfg.training.steps)
         if self.converters is not None:
