@@ -25,4 +25,8 @@ d)  # GPU parity of the gather routing + unpadded experts; 1.7B idle accounting
   timeout 200 python3 benchmarks/moe_routing_check.py --out $OUT/moe_routing.json 2>&1 | grep -v Warning | tail -12
   python3 benchmarks/profile_step.py --models 1.7B --mb 2 --out $OUT/prof 2>&1 | grep -v Warning | tail -1 | cut -c1-2500
   ;;
+e)  # float8 with the output projection in float8 too: throughput at mb 2 (same call as fp8 and bf16), 100-step loss
+  $TT --models 8B --mb 2 --impls qwen3-trainer-fp8-out-compile,qwen3-trainer-fp8-compile,qwen3-trainer-bf16-compile --out $OUT/tp_8b_fp8out.json 2>&1 | grep -v Warning | tail -4
+  timeout 300 python3 benchmarks/fp8_loss_check.py --model 8B --steps 100 --impls qwen3-trainer-bf16-compile,qwen3-trainer-fp8-out-compile --out $OUT/fp8out_loss.json 2>&1 | grep -v Warning | tail -8
+  ;;
 esac

@@ -34,6 +34,8 @@ IMPLS = {
     "qwen3-trainer-bf16-compile-nolbl": {"compile": True, "dtype": "bfloat16", "balance": "none"},
     "qwen3-trainer-mp-compile": {"compile": True, "dtype": "float32", "param_dtype": "bfloat16"},
     "qwen3-trainer-fp8-compile": {"compile": True, "dtype": "bfloat16", "float8": "tensorwise"},
+    "qwen3-trainer-fp8-out-compile": {"compile": True, "dtype": "bfloat16", "float8": "tensorwise",
+                                      "float8_keep_bf16": ["router.gate"]},  # the output projection in float8 too
     "qwen3-trainer-fp8-rowwise-compile": {"compile": True, "dtype": "bfloat16", "float8": "rowwise"},
 }
 
@@ -120,6 +122,7 @@ def build_ours(flavor: str, impl: str, seq: int, mb: int, steps: int, device: st
         "moe": {"balance": knobs.get("balance", "global_batch")},
         "float8": bool(knobs.get("float8")),
         "float8_recipe": knobs.get("float8") or "tensorwise",
+        "float8_keep_bf16": knobs.get("float8_keep_bf16", ["output", "router.gate"]),
         "dump_dir": "/tmp/qwen3-bench",
     })
     trainer = Trainer(cfg)
@@ -155,7 +158,7 @@ def run_ours(flavor: str, impl: str, seq: int, mb: int, steps: int, warmup: int,
     settings = (f"qwen3-trainer Trainer.train_step, torchtitan 0.2.2 model, "
                 f"{'pure bf16' if knobs.get('dtype') == 'bfloat16' else 'fp32 weights + bf16 autocast'}, "
                 f"{'torch.compile per block' if knobs['compile'] else 'eager'}, "
-                f"{'float8 ' + knobs['float8'] + ' linears, ' if knobs.get('float8') else ''}cuDNN SDPA first, AdamW "
+                f"{'float8 ' + knobs['float8'] + ' linears' + (' incl. output' if 'output' not in knobs.get('float8_keep_bf16', ['output']) else '') + ', ' if knobs.get('float8') else ''}cuDNN SDPA first, AdamW "
                 f"({trainer.job_config.optimizer.implementation}"
                 f"{', separate clip pass' if knobs.get('separate_clip') else ''}), "
                 f"{'no load-balancing loss, ' if knobs.get('balance') == 'none' else ''}mb={mb}")

@@ -136,6 +136,8 @@ class TrainConfig(_Strict):
     compile: bool = False
     float8: bool = False  # GPU only (torchao / torchtitan converter): linears in float8
     float8_recipe: Literal["tensorwise", "rowwise"] = "tensorwise"  # torchao scaling recipe
+    # linears whose name contains one of these stay in bf16 under float8 (torchtitan's filter_fqns)
+    float8_keep_bf16: list[str] = ["output", "router.gate"]
     moe: MoESection = Field(default_factory=MoESection)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)

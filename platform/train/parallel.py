@@ -222,5 +222,5 @@ def to_job_config(cfg: TrainConfig, dims: dict[str, int]):
     if cfg.float8:
         jc.model.converters = ["quantize.linear.float8"]
         jc.quantize.linear.float8.recipe_name = cfg.float8_recipe
-        jc.quantize.linear.float8.filter_fqns = ["output", "router.gate"]
+        jc.quantize.linear.float8.filter_fqns = list(cfg.float8_keep_bf16)
     return jc
