@@ -67,8 +67,9 @@ _torch_histc = torch.histc
 
 
 def _histc(input, bins=100, min=0, max=0, *, out=None):  # noqa: A002 - torch's signature
-    # Patch 2: integer histc is unimplemented on CPU; expert ids are integers in [0, bins), so
-    # bincount gives the same counts. Integer dtype is kept (the router sums these counts).
+    # Patch 2: integer histc is unimplemented on CPU; expert ids are integers in [0, bins), so a
+    # scatter-add of ones gives the same counts. Integer dtype is kept (the router sums these
+    # counts); the output shape is static (``bincount``'s is data-dependent and breaks compile).
     if (
         out is None
         and input.device.type == "cpu"
@@ -76,7 +77,8 @@ def _histc(input, bins=100, min=0, max=0, *, out=None):  # noqa: A002 - torch's 
         and min == 0
         and max == bins
     ):
-        return torch.bincount(input.reshape(-1), minlength=bins)[:bins].to(input.dtype)
+        ids = input.reshape(-1)
+        return torch.zeros(bins, dtype=input.dtype).scatter_add_(0, ids, torch.ones_like(ids))
     return _torch_histc(input, bins=bins, min=min, max=max, out=out)
 
 
