@@ -1,6 +1,7 @@
 """The parallelism matrix on CPU/gloo: each layout's 5-step fp32 losses equal the one-process run
-on the same global batch within 1e-4, and match the committed baseline curves
-(tests/assets/losses/). Global batch = 4 rows of 64 tokens in every layout."""
+on the same global batch within 1e-4 (MoE under tensor parallelism: 1e-3, see ``TOL_BY_LAYOUT``), and
+match the committed baseline curves (tests/assets/losses/). Global batch = 4 rows of 64 tokens in
+every layout."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import pytest
 from train_helpers import compare_baseline, losses, make_corpus, run_train, write_config
 
 TOL = 1e-4
+# MoE + TP: the attention output is summed over TP ranks in another order, and from step 3 on a few
+# tokens' top-k experts flip on near-ties (step 1 equal, step 2 within 3e-5, then up to 6e-4 on this
+# machine); the committed baseline of the layout itself still holds to 1e-4
+TOL_BY_LAYOUT = {"tp2-moe": 1e-3}
 UNTIED = {"tie_embeddings": False}
 
 # name: (flavor, model overrides, world size, micro-batch, grad accum, parallelism)
@@ -16,6 +21,7 @@ MATRIX = {
     "ddp2": ("debugmodel", None, 2, 1, 2, {"dp_replicate": 2, "dp_shard": 1}),
     "tp2": ("debugmodel", None, 2, 2, 2, {"tp": 2, "dp_shard": 1}),
     "ep2": ("debugmodel_moe", None, 2, 1, 2, {"dp_shard": 2, "ep": 2}),
+    "tp2-moe": ("debugmodel_moe", None, 2, 2, 2, {"tp": 2, "dp_shard": 1}),
     "pp2": ("debugmodel", UNTIED, 2, 2, 2, {"pp": 2, "dp_shard": 1}),
     "fsdp2+tp2": ("debugmodel", None, 4, 1, 2, {"dp_shard": 2, "tp": 2}),
     "hsdp2x2": ("debugmodel", None, 4, 1, 1, {"dp_replicate": 2, "dp_shard": 2}),
@@ -59,6 +65,6 @@ def test_layout_matches_single_process(name, tmp_path, corpus, single):
     got = losses(cfg)
     assert len(got) == len(ref) == 5
     diffs = [abs(a - b) for a, b in zip(ref, got, strict=True)]
-    assert max(diffs) <= TOL, f"{name}: single {ref} vs {got}"
+    assert max(diffs) <= TOL_BY_LAYOUT.get(name, TOL), f"{name}: single {ref} vs {got}"
     assert got[-1] < got[0]  # it trains
     compare_baseline(name, got)
