@@ -57,6 +57,7 @@ class LocalLauncher:
         except BaseException:
             shutil.rmtree(job_dir, ignore_errors=True)
             raise
+        ls.record_supervisor(job_dir, proc.pid)
         self._children[spec.name] = proc
         return JobHandle(self.backend, spec.name, spec.namespace, spec.run)
 
@@ -91,7 +92,7 @@ class LocalLauncher:
         child = self._children.get(name)
         if child is not None:
             child.poll()                  # reap our own finished supervisor
-        if not status.finished and not ls.supervisor_pids(state.uid):
+        if not status.finished and not ls.live_supervisor_pids(self.root / name, state.uid):
             time.sleep(0.2)               # it may have written its last state just now
             state = self._state(name)
             status = state.status
@@ -177,10 +178,11 @@ class LocalLauncher:
         state = self._state(name)
         if state.status.finished:
             return
-        for pid in ls.supervisor_pids(state.uid):
+        job_dir = self._dir(name)
+        for pid in ls.live_supervisor_pids(job_dir, state.uid):
             os.kill(pid, signal.SIGTERM)      # it kills the gang and records Failed/JobCancelled
         end = time.monotonic() + CANCEL_WAIT_S
-        while time.monotonic() < end and ls.supervisor_pids(state.uid):
+        while time.monotonic() < end and ls.live_supervisor_pids(job_dir, state.uid):
             self._reap(name)
             time.sleep(0.1)
         ls.kill_all(state.uid)                # backstop: nothing of this job survives a cancel

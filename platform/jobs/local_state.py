@@ -10,6 +10,8 @@ Layout, under ``$QTRAIN_HOME/jobs/<name>/`` (``QTRAIN_HOME`` defaults to ``~/.qt
 
 Processes are found by environment markers (``/proc/<pid>/environ``): replicas and everything they
 start carry ``QTRAIN_LOCAL_JOB=<uid>``, the supervisor carries ``QTRAIN_LOCAL_SUPERVISOR=<uid>``.
+Between fork and exec a new process still shows its parent's environment, so the submitter also
+records the supervisor's identity (pid and kernel start time) in ``supervisor.pid``.
 """
 
 from __future__ import annotations
@@ -87,6 +89,33 @@ def job_pids(uid: str) -> list[int]:
 
 def supervisor_pids(uid: str) -> list[int]:
     return _pids_with(SUPERVISOR_MARKER, uid)
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel start time of a live, non-zombie process (with the pid, a unique identity)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def record_supervisor(job_dir: Path, pid: int) -> None:
+    (job_dir / "supervisor.pid").write_text(f"{pid} {_start_time(pid)}\n")
+
+
+def live_supervisor_pids(job_dir: Path, uid: str) -> list[int]:
+    """The job's supervisor, found by its marker or, while it is still starting (the marker shows
+    only after exec), by the identity the submitter recorded."""
+    pids = supervisor_pids(uid)
+    if pids:
+        return pids
+    try:
+        pid, start = (job_dir / "supervisor.pid").read_text().split()
+    except (OSError, ValueError):
+        return []
+    return [int(pid)] if _start_time(int(pid)) == start else []
 
 
 def signal_job(uid: str, sig: int) -> None:

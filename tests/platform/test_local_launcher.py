@@ -165,6 +165,25 @@ def test_cancel_leaves_no_orphans(qtrain_home, allreduce_spec):
 
 
 @pytest.mark.slow
+def test_supervisor_identity_covers_its_start_and_its_loss(qtrain_home, allreduce_spec, monkeypatch):
+    """Between fork and exec the supervisor still shows the submitter's environment (no marker): the
+    identity recorded at submit keeps the job alive then; once that process is gone the job reads
+    Failed/SupervisorLost (and the name can be taken again)."""
+    launcher = LocalLauncher()
+    launcher.submit(JobSpec.model_validate(allreduce_spec("boot", train={"hold_seconds": 300})))
+    uid = ls.read_state(qtrain_home / "jobs" / "boot").uid
+    pid = int((qtrain_home / "jobs" / "boot" / "supervisor.pid").read_text().split()[0])
+    monkeypatch.setattr(ls, "supervisor_pids", lambda _uid: [])      # the marker is not visible yet
+    assert not launcher.status("boot").finished
+    _wait_for_line(launcher, "boot", "holding")
+    os.kill(pid, signal.SIGKILL)
+    final = launcher.wait("boot", timeout=30)
+    assert (final.state, final.conditions[-1].reason) == ("Failed", "SupervisorLost")
+    for p in ls.job_pids(uid):                                      # the replicas it left behind
+        os.kill(p, signal.SIGKILL)
+
+
+@pytest.mark.slow
 def test_smoke_job_one_node_two_processes(qtrain_home):
     """The cluster smoke test (platform/jobs/smoke.py) as a local 1 node x 2 process job."""
     launcher = LocalLauncher()
