@@ -79,7 +79,7 @@ PREREGISTERED = (
 
 
 PREREGISTERED_RUN4 = (
-    "Pre-registered for run 4 (2026-11-29, 11:20 UTC, committed before its training started). Run 3 "
+    "Pre-registered for run 4 (2026-11-29, 11:13 UTC, commit 5334301, before its training started). Run 3 "
     "established claims 1-3 but not claim 4 (on-policy distillation +1.4 ± 1.6 points sampled), and it "
     "showed why: the teacher (the fused model) is weak because the fusion step undid most of the GRPO "
     "gain (71.5% -> 30.0% /think greedy), and the GRPO model's thinking rarely matches its boxed answer, "
@@ -466,9 +466,16 @@ def notes(r: dict) -> list[str]:
         "SFT-only +0.7 ± 0.9 sampled, +2.2 ± 1.3 greedy, teacher 30.5% /think greedy. Claims 1 and 4 did",
         "not hold there.",
         "",
-        "This invocation (run 3) reused the run-2 cold start (config and input hashes unchanged, its cached",
-        "evaluations kept) and retrained GRPO, fusion and both distillation arms, then re-evaluated them.",
+        "Run 3 for comparison (split seed 0, fusion lr 2e-3 with 4 rejection samples per query; its results:",
+        "benchmarks/results/posttrain_outcomes_run3.json): GRPO +41.2 ± 3.1 points sampled (27.9% -> 69.1%);",
+        "fusion /no_think empty block 100%, /think thinks 98.5%; the fused model answered 30.0% of /think",
+        "prompts (greedy) against the GRPO model's 71.5%; budget curve a step (0% up to budget 8, 32.0% greedy",
+        "from 16); distillation on-policy minus SFT-only +1.4 ± 1.6 sampled. Claims 1-3 held, claim 4 did not.",
         "",
+        *(["This invocation (run 4) trained every job from scratch on the seed-1 split in a new workdir.", ""]
+          if "preregistered_run4" in r else
+          ["This invocation (run 3) reused the run-2 cold start (config and input hashes unchanged, its cached",
+           "evaluations kept) and retrained GRPO, fusion and both distillation arms, then re-evaluated them.", ""]),
         "## Reading the numbers",
         "",
         "- Noise: each claim compares per-problem accuracies of two models on the same held-out problems",
@@ -481,8 +488,8 @@ def notes(r: dict) -> list[str]:
            if g["sampled"]["diff"] > 0 else ": no gain."),
         f"  This run: {r['steps']['grpo']} steps = {r['steps']['grpo'] // updates} rollout batches at lr "
         f"{r['grpo_params']['lr']:.0e}; the training math reward per rollout batch (T=0.8,",
-        "  8 prompts x 8 samples) averaged 0.30 / 0.38 / 0.53 / 0.58 over batches 1-10 / 11-20 / 21-30 /",
-        "  31-40 (run 2 stopped after batch 10).",
+        "  8 prompts x 8 samples) averaged 0.38 / 0.33 / 0.56 / 0.58 over batches 1-10 / 11-20 / 21-30 /",
+        "  31-40 in run 4 (run 3: 0.30 / 0.38 / 0.53 / 0.58; run 2 stopped after batch 10).",
         "  History (same script): on an H200 (`POSTTRAIN_OUTCOMES_DEVICE=cuda`, exploration only, not these",
         "  numbers) 40 GRPO steps from a 200-step cold start (19% greedy / 16% sampled) reached 52% / 47%",
         "  (+33.5 ± 4.1 / +30.9 ± 3.0); from a 160-step cold start (6%) they lowered accuracy (the math",
@@ -495,22 +502,27 @@ def notes(r: dict) -> list[str]:
         f"- Fusion: /no_think answers write the empty block {100 * f['no_think/empty_think_rate']:.0f}% of the "
         f"time, /think answers think {100 * f['think/thinking_rate']:.1f}%; without a flag the model thinks "
         f"{100 * f['no_flag/thinking_rate']:.1f}%.",
-        "  Rejection sampling from the GRPO model (4 samples per query, kept only if the cold-start judges pass",
+        f"  Rejection sampling from the GRPO model ({r.get('fusion_params', {}).get('rejection_samples', 4)} samples "
+        "per query, kept only if the cold-start judges pass",
         f"  one) kept {fd['rejection_sampled']} of {fd['rejection_sampled'] + fd['synthetic_thinking']} queries; "
         f"the rest of the thinking half ({fd['synthetic_thinking']}) is synthetic",
         "  worked solutions. The 'thinking tokens' of an empty block is 1 (the blank line between the tags).",
-        "  The fusion SFT (100 steps at lr 2e-3, mostly on synthetic solutions) gives back most of the GRPO",
-        f"  gain: the fused model answers {100 * f['think/accuracy']:.1f}% of /think and "
-        f"{100 * f['no_flag/accuracy']:.1f}% of unflagged prompts (greedy,",
-        f"  official template) against {100 * r['grpo']['heldout_after']['greedy']['eval/accuracy']:.1f}% for "
-        "the GRPO model; so the distillation teacher stays weak.",
+        f"  After the fusion SFT ({r['steps']['fusion']} steps at lr {r.get('fusion_params', {}).get('lr', 2e-3):.0e}) "
+        f"the fused model answers {100 * f['think/accuracy']:.1f}% of /think, "
+        f"{100 * f['no_think/accuracy']:.1f}% of /no_think and",
+        f"  {100 * f['no_flag/accuracy']:.1f}% of unflagged prompts (greedy, official template) against "
+        f"{100 * r['grpo']['heldout_after']['greedy']['eval/accuracy']:.1f}% for the GRPO model, whose",
+        "  prompts never carried a flag. The distillation teacher is this model under /think and /no_think.",
         f"- Thinking budget: the fused model thinks {f['think/thinking_tokens']:.1f} tokens; budgets below that",
         "  force the report's stop-thinking text in, which is never trained (as in the report), and this",
         f"  tiny model does not produce a verified answer after it ({100 * accs[0]:.0f}% greedy at budget 0); "
         "from the",
         f"  first budget above the thinking length the answers are those of the unbudgeted run "
         f"({100 * accs[-1]:.1f}% greedy).",
-        "  So the curve is a step, not a gradual rise: it does not fall, and it reaches the unbudgeted value.",
+        "  So the curve is a step, not a gradual rise: it does not fall, and it reaches the unbudgeted value."
+        if max(accs) >= 0.1 else
+        "  This fused model answers almost no /think prompt, so its curve is flat near zero and says nothing"
+        " about budgets;\n  run 3's curve (0% up to budget 8, 32.0% greedy from 16) is the informative one.",
         f"- Distillation: on-policy minus SFT-only is {100 * dp['sampled']['diff']:+.1f} ± "
         f"{100 * dp['sampled']['se']:.1f} points sampled, {100 * dp['greedy']['diff']:+.1f} ± "
         f"{100 * dp['greedy']['se']:.1f} greedy"
@@ -545,17 +557,22 @@ def next_steps(r: dict) -> list[str]:
             "- On-policy distillation (claim 4) is not established by this run. By mode (sampled, not paired):",
             f"  /think {acc(on, 'think', 'sampled'):.1f}% vs {acc(off, 'think', 'sampled'):.1f}% for "
             f"SFT alone, /no_think {acc(on, 'no_think', 'sampled'):.1f}% vs {acc(off, 'no_think', 'sampled'):.1f}%;",
-            f"  the SFT-only student already answers /no_think better than its teacher ("
-            f"{acc(off, 'no_think', 'greedy'):.1f}% vs {100 * f['no_think/accuracy']:.1f}% greedy),",
-            "  consistent with on-policy matching of the teacher's /no_think logits pulling it toward a weaker",
-            "  answerer. The teacher stays weak because the fusion SFT gives back",
-            f"  the GRPO gain ({100 * r['grpo']['heldout_after']['greedy']['eval/accuracy']:.1f}%"
-            f" -> {100 * f['think/accuracy']:.1f}% /think greedy).",
-            "  What to pre-register next (not run here: these 200 held-out problems have now shaped the design, so",
-            "  the next run should be judged on a fresh held-out split, e.g. `split_problems(..., seed=1)`): a",
-            "  teacher that keeps the GRPO model's accuracy, i.e. fusion SFT at a lower lr (5e-4 instead of 2e-3)",
-            "  and more rejection samples per query for its thinking half; the distillation arms and the pass",
-            "  rule unchanged.",
+            *([f"  the SFT-only student already answers /no_think better than its teacher ("
+               f"{acc(off, 'no_think', 'greedy'):.1f}% vs {100 * f['no_think/accuracy']:.1f}% greedy),",
+               "  consistent with on-policy matching of the teacher's /no_think logits pulling it toward a weaker",
+               "  answerer."] if acc(off, "no_think", "greedy") > 100 * f["no_think/accuracy"] else
+              [f"  both arms stay near their teacher ({100 * f['think/accuracy']:.1f}% /think, "
+               f"{100 * f['no_think/accuracy']:.1f}% /no_think greedy): there is little to distill."]),
+            "  The teacher is weak under the mode flags: GRPO model "
+            f"{100 * r['grpo']['heldout_after']['greedy']['eval/accuracy']:.1f}%, fused model"
+            f" {100 * f['think/accuracy']:.1f}% /think and {100 * f['no_flag/accuracy']:.1f}% unflagged (greedy).",
+            "  Run 3 (fusion lr 2e-3) taught the flags but gave back the GRPO gain (30.0% /think); run 4 (lr 5e-4,",
+            "  8 rejection samples) kept more of the gain on unflagged prompts but did not teach the flags: a",
+            "  flagged prompt is still out of distribution for it. What to pre-register next (judged on a fresh",
+            "  split, seed 2): the thinking half rejection-sampled from the GRPO model with the /think flag",
+            "  already in the prompt and the non-thinking half's /no_think answers kept short, so that fusion",
+            "  teaches the switch on the policy's own outputs; fusion at lr 5e-4 for 300 steps; the",
+            "  distillation arms and the pass rule unchanged.",
         ]
     if not r["claims"]["no_flag_defaults_to_thinking"]:
         lines.append(f"- Without a flag the fused model thinks {100 * f['no_flag/thinking_rate']:.1f}% of the time, "
