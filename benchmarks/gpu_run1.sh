@@ -1,8 +1,5 @@
 set -x
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1 || exit 1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/pkg . >/dev/null 2>&1 || { echo PKG INSTALL FAILED; exit 1; }
-export PYTHONPATH=/tmp/pkg:/tmp/site
+source benchmarks/gpu_env.sh
 nvidia-smi --query-gpu=name,memory.total --format=csv
 python3 -c "import torch, transformers; print(torch.__version__, transformers.__version__)"
 python3 benchmarks/gpu_smoke.py 2>&1 | tail -30 | tee $OUT/gpu_smoke.txt

@@ -1,9 +1,6 @@
 # Device calls of the second perf session (issue 9): bash benchmarks/gpu_run2.sh PART
 set -x
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1 || exit 1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/pkg . >/dev/null 2>&1 || { echo PKG INSTALL FAILED; exit 1; }
-export PYTHONPATH=/tmp/pkg:/tmp/site
+source benchmarks/gpu_env.sh
 TT="python3 benchmarks/train_throughput.py --steps 5 --warmup 3 --timeout 300"
 case "$1" in
 moe)  # MoE routing parity + layer time; MoE shape HF vs ours old/new (same call); profiles

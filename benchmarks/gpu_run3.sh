@@ -1,10 +1,7 @@
 # Device calls of the third perf session (issue 9): bash benchmarks/gpu_run3.sh PART
 # (part a's -adamw rows need commit 06c5f2c, where the compiled AdamW still exists)
 set -x
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl >/dev/null 2>&1 || exit 1
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-deps --no-build-isolation --target /tmp/pkg . >/dev/null 2>&1 || { echo PKG INSTALL FAILED; exit 1; }
-export PYTHONPATH=/tmp/pkg:/tmp/site
+source benchmarks/gpu_env.sh
 TT="python3 benchmarks/train_throughput.py --steps 10 --warmup 3 --timeout 200"
 case "$1" in
 a)  # compiled AdamW and the fused-clip A/B on the MoE shape, then 1.7B; HF compile in the same call
