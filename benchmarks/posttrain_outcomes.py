@@ -19,8 +19,8 @@ report's thinking-mode protocol). Claims measured (protocol and thresholds fixed
     workdir, and whose inputs (init checkpoint, data, teacher: hashed) are unchanged, is reused with its cached
     evaluations; POSTTRAIN_OUTCOMES_DEVICE=cuda runs it on a GPU.
 
-Pre-registered for run 3 (2026-11-29, 10:15 UTC; written before training, from training signals of run 2
-only — see PREREGISTERED, which is also rendered into benchmarks/posttrain.md).
+Each run's changes are pre-registered before it trains (PREREGISTERED for run 3, PREREGISTERED_RUN4 for
+run 4, the committed numbers); both are rendered into benchmarks/posttrain.md.
 """
 
 from __future__ import annotations

@@ -20,7 +20,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -121,11 +123,13 @@ def child(args) -> None:
         f.write(f"{'ms/step':>9} {'calls':>6}  {'category':22s} kernel\n")
         for us, n, cat, key in top[:40]:
             f.write(f"{us / 1e3:9.2f} {n:6d}  {cat:22s} {key}\n")
-    trace = os.path.join(args.out if args.trace else "/tmp", f"{name}.json")
-    prof.export_chrome_trace(trace)
-    gaps = idle_gaps(trace) if args.device == "cuda" else None
-    if not args.trace:
-        os.remove(trace)
+    gaps = None
+    if args.trace or args.device == "cuda":
+        trace = os.path.join(args.out if args.trace else tempfile.mkdtemp(), f"{name}.json")
+        prof.export_chrome_trace(trace)
+        gaps = idle_gaps(trace) if args.device == "cuda" else None
+        if not args.trace:
+            shutil.rmtree(os.path.dirname(trace))
     summary = {"gaps": gaps, "model": args.flavor, "impl": args.impl, "mb": args.mb, "seq": args.seq,
                "step_ms": round(wall * 1e3, 2), "gpu_busy_ms": round(busy_ms, 2),
                "gpu_idle_frac": round(max(0.0, 1 - busy_ms / (wall * 1e3)), 4),

@@ -155,13 +155,17 @@ def run_ours(flavor: str, impl: str, seq: int, mb: int, steps: int, warmup: int,
         if i >= warmup:
             times.append(m["step_seconds"])
         loss = m["loss"]
-    settings = (f"qwen3-trainer Trainer.train_step, torchtitan 0.2.2 model, "
-                f"{'pure bf16' if knobs.get('dtype') == 'bfloat16' else 'fp32 weights + bf16 autocast'}, "
-                f"{'torch.compile per block' if knobs['compile'] else 'eager'}, "
-                f"{'float8 ' + knobs['float8'] + ' linears' + (' incl. output' if 'output' not in knobs.get('float8_keep_bf16', ['output']) else '') + ', ' if knobs.get('float8') else ''}cuDNN SDPA first, AdamW "
-                f"({trainer.job_config.optimizer.implementation}"
-                f"{', separate clip pass' if knobs.get('separate_clip') else ''}), "
-                f"{'no load-balancing loss, ' if knobs.get('balance') == 'none' else ''}mb={mb}")
+    parts = ["qwen3-trainer Trainer.train_step, torchtitan 0.2.2 model",
+             "pure bf16" if knobs.get("dtype") == "bfloat16" else "fp32 weights + bf16 autocast",
+             "torch.compile per block" if knobs["compile"] else "eager"]
+    if knobs.get("float8"):
+        keep = trainer.cfg.float8_keep_bf16
+        parts.append(f"float8 {knobs['float8']} linears{'' if 'output' in keep else ' incl. output'}")
+    clip = ", separate clip pass" if knobs.get("separate_clip") else ""
+    parts += ["cuDNN SDPA first", f"AdamW ({trainer.job_config.optimizer.implementation}{clip})"]
+    if knobs.get("balance") == "none":
+        parts.append("no load-balancing loss")
+    settings = ", ".join([*parts, f"mb={mb}"])
     return {"seconds": times, "loss": loss, "settings": settings}
 
 

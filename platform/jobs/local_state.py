@@ -10,8 +10,8 @@ Layout, under ``$QTRAIN_HOME/jobs/<name>/`` (``QTRAIN_HOME`` defaults to ``~/.qt
 
 Processes are found by environment markers (``/proc/<pid>/environ``): replicas and everything they
 start carry ``QTRAIN_LOCAL_JOB=<uid>``, the supervisor carries ``QTRAIN_LOCAL_SUPERVISOR=<uid>``.
-Between fork and exec a new process still shows its parent's environment, so the submitter also
-records the supervisor's identity (pid and kernel start time) in ``supervisor.pid``.
+Between fork and exec a new process still shows its parent's environment, so the supervisor itself
+is known by the identity (pid and kernel start time) the submitter records in ``supervisor.pid``.
 """
 
 from __future__ import annotations
@@ -106,15 +106,12 @@ def record_supervisor(job_dir: Path, pid: int) -> None:
 
 
 def live_supervisor_pids(job_dir: Path, uid: str) -> list[int]:
-    """The job's supervisor, found by its marker or, while it is still starting (the marker shows
-    only after exec), by the identity the submitter recorded."""
-    pids = supervisor_pids(uid)
-    if pids:
-        return pids
+    """The job's supervisor, by the identity the submitter recorded (valid from fork on, and one
+    ``/proc`` read instead of a scan); job directories without a record fall back to the marker."""
     try:
         pid, start = (job_dir / "supervisor.pid").read_text().split()
     except (OSError, ValueError):
-        return []
+        return supervisor_pids(uid)
     return [int(pid)] if _start_time(int(pid)) == start else []
 
 
