@@ -20,7 +20,7 @@ report's thinking-mode protocol). Claims measured (protocol and thresholds fixed
     evaluations; POSTTRAIN_OUTCOMES_DEVICE=cuda runs it on a GPU.
 
 Each run's changes are pre-registered before it trains (PREREGISTERED for run 3, PREREGISTERED_RUN4 for
-run 4, the committed numbers); both are rendered into benchmarks/posttrain.md.
+run 4, PREREGISTERED_RUN5 for run 5, the committed numbers); all are rendered into benchmarks/posttrain.md.
 """
 
 from __future__ import annotations
@@ -42,9 +42,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SEQ = 80
 LEVEL = 5  # place-value addition up to hundreds (340+7): 891 distinct problems
 N_TRAIN, N_HELD = 400, 200
-SPLIT_SEED = 1  # run 4 (PREREGISTERED_RUN4): a fresh train/held-out split; runs 2-3: 0
-FUSION = {"lr": 5e-4, "rejection_samples": 8}  # run 4; runs 2-3: lr 2e-3, 4 rejection samples
-STEPS = {"cold": 240, "grpo": 160, "fusion": 100, "distill": 80}  # run 3 (PREREGISTERED); run 2: grpo 40, distill 40
+RUN = 5
+SPLIT_SEED = 2  # run 5 (PREREGISTERED_RUN5): a fresh train/held-out split; run 4: 1; runs 2-3: 0
+# run 5: rejection sampling on the /think-flagged prompt, /no_think replies = the empty think block + the bare
+# boxed answer; run 4: lr 5e-4, 8 rejection samples on unflagged prompts; runs 2-3: lr 2e-3, 4 rejection samples
+FUSION = {"lr": 5e-4, "rejection_samples": 8, "rejection_prompt_flag": "/think",
+          "nonthinking_reply": "empty think block + \\boxed{answer} only"}
+# run 5: fusion 300 steps (runs 2-4: 100); run 3 (PREREGISTERED): grpo 160, distill 80; run 2: grpo 40, distill 40
+STEPS = {"cold": 240, "grpo": 160, "fusion": 300, "distill": 80}
 # Qwen3 report's thinking-mode protocol: mean accuracy over k samples at T=0.6, top-p 0.95
 SAMPLED = {"samples": 4, "temperature": 0.6, "top_p": 0.95}
 BUDGETS = (0, 4, 8, 16, 32, 64, None)
@@ -93,6 +98,36 @@ PREREGISTERED_RUN4 = (
     "claims 1 and 4 hold only if the sampled gain, paired over the 200 held-out problems, exceeds 2 "
     "standard errors. Whatever comes out is reported; run 3's results stay committed in "
     "benchmarks/results/posttrain_outcomes_run3.json.")
+
+
+PREREGISTERED_RUN5 = (
+    "Pre-registered for run 5 (2026-11-29, 13:39 UTC, committed before its training started; the plan "
+    "stated at the end of run 4's notes). Run 4 replicated GRPO (+37.9 ± 3.1 points sampled) but not claim 4 "
+    "(on-policy distillation -0.4 ± 0.8): its fusion taught the mode switch (/no_think empty block 100%, "
+    "/think thinks 99.0%) but its fused model answered only 3.5% of /think and 6.5% of /no_think prompts "
+    "(46.5% unflagged, GRPO model 63.5%), so the distillation teacher was weak: a flagged prompt stayed out of "
+    "distribution, since the thinking half had been sampled from the GRPO model on unflagged prompts. Run 5 "
+    "is judged on a fresh split (split_problems seed 1 -> 2: new 400 train / 200 held-out problems, disjoint; "
+    "every job retrained from scratch in a new workdir). Changed: (a) the thinking half is rejection-sampled "
+    "from the GRPO model with the /think flag already in the prompt (the user turn ends in ' /think'; 8 "
+    "samples per query, the first kept that verifies, has a non-empty think block and passes the cold-start "
+    "judges; queries with none get the synthetic worked solution, as before); the kept reply is then given "
+    "to the fusion builder under its question without the flag, and the builder places the flag by its "
+    "unchanged rules (/think in the user or system turn, 25% no flag, 20% multi-turn), so every thinking "
+    "reply is the policy's own reply to a /think prompt; (b) the non-thinking half's /no_think answers are "
+    "kept short: the reply is the empty think block followed by the bare final answer '\\boxed{N}', no worked "
+    "solution and no other text (the script refuses to train if any non-thinking source reply is anything "
+    "else; run 4's synthetic direct answers already had this form, so this fixes it rather than changes it); "
+    "(c) fusion SFT 100 -> 300 steps at the same lr 5e-4. Unchanged: every other setting of run 4 (cold "
+    "start 240 steps, GRPO 160 steps at lr 5e-4, distillation 80 steps per arm with 20 off-policy and the "
+    "fused model as teacher, budgets, evaluation protocols) and the pass rule: claims 1 and 4 hold only if "
+    "the sampled gain, paired over the 200 held-out problems, exceeds 2 standard errors. Whatever comes out "
+    "is reported; run 4's results stay committed in benchmarks/results/posttrain_outcomes_run4.json. Seen "
+    "before committing (run 4's GRPO model on the first 16 training queries of the seed-2 split, no held-out "
+    "problem): on the /think-flagged prompt it kept 0 of 16 queries (the flag, never seen in its training, "
+    "breaks its replies: they lose the opening think tag and the sum), against 11 of 16 on the unflagged "
+    "prompt. So run 5's thinking half is expected to be mostly the synthetic worked solutions (the fallback), "
+    "not the policy's own replies; the plan is run as written regardless, and the kept count is reported.")
 
 
 def job(workdir: Path, name: str, objective: dict, *, steps: int, lr: float, init: str | None,
@@ -252,6 +287,35 @@ def mode_rates(path: str, records: list[dict]) -> dict[str, float]:
     return out
 
 
+def unflagged(rec: dict, flag: str) -> dict:
+    """A rejection-sampled record under the question without the trailing ``flag`` it was sampled with."""
+    msgs = [dict(m) for m in rec["messages"]]
+    user = next(m for m in reversed(msgs) if m["role"] == "user")
+    if not user["content"].endswith(" " + flag):
+        raise ValueError(f"rejection-sampled prompt does not end in {flag!r}: {user['content']!r}")
+    user["content"] = user["content"][: -len(flag) - 1]
+    return {**rec, "messages": msgs}
+
+
+def reward_by_quarter(metrics: Path) -> list[float]:
+    """GRPO training math reward (one value per rollout batch), averaged over each quarter of the batches."""
+    rounds: dict[int, float] = {}
+    for line in metrics.read_text().splitlines():
+        row = json.loads(line)
+        if "rollout/round" in row:
+            rounds.setdefault(int(row["rollout/round"]), row["reward/math"])
+    v = [rounds[k] for k in sorted(rounds)]
+    q = max(1, len(v) // 4)
+    return [round(sum(v[i * q: (i + 1) * q]) / len(v[i * q: (i + 1) * q]), 2) for i in range(4) if v[i * q:]]
+
+
+def script_commit() -> str:
+    """The last commit that changed this script (its pre-registration), and whether the script differs from it."""
+    git = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
+    here = str(Path(__file__).resolve().relative_to(ROOT))
+    return git("log", "-1", "--format=%h", "--", here) + (" (modified)" if git("status", "--short", "--", here) else "")
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="/tmp/posttrain-outcomes")
@@ -264,7 +328,7 @@ def main(argv=None) -> None:
         return
     from qwen3_trainer.platform.data import synthetic as syn
     from qwen3_trainer.platform.posttrain.coldstart import run_coldstart
-    from qwen3_trainer.platform.posttrain.distill import teacher_responses
+    from qwen3_trainer.platform.posttrain.distill import teacher_responses, with_flag
     from qwen3_trainer.platform.posttrain.fusion import build_fusion, rejection_sample
 
     t0 = time.time()
@@ -282,6 +346,7 @@ def main(argv=None) -> None:
                     "protocol": {"greedy": "temperature 0", "sampled": SAMPLED, "held_out_problems": N_HELD},
                     "grpo_params": GRPO, "distill_params": DISTILL, "fusion_params": FUSION, "split_seed": SPLIT_SEED,
                     "preregistered": PREREGISTERED, "preregistered_run4": PREREGISTERED_RUN4,
+                    "preregistered_run5": PREREGISTERED_RUN5, "run": RUN, "script_commit": script_commit(),
                     "coldstart_filter": {k: v for k, v in cold_report.items() if k != "path"}}
 
     # 1. cold start, then GRPO
@@ -294,15 +359,24 @@ def main(argv=None) -> None:
                mb=16)
     before, after = accuracy(cold, held_q), accuracy(grpo, held_q)
     result["grpo"] = {"heldout_before": before, "heldout_after": after,
-                      "paired": {p: paired(after[p]["scores"], before[p]["scores"]) for p in before}}
+                      "paired": {p: paired(after[p]["scores"], before[p]["scores"]) for p in before},
+                      "train_math_reward_by_quarter": reward_by_quarter(w / "grpo" / "run" / "metrics.jsonl")}
     print(json.dumps(strip_scores(result["grpo"])), flush=True)
 
-    # 2. fusion: thinking samples rejection-sampled from the GRPO model + non-thinking samples
+    # 2. fusion: thinking samples rejection-sampled from the GRPO model on /think-flagged prompts (the kept reply
+    # goes to the builder under the unflagged question: the builder places the flag) + non-thinking samples
+    # whose reply is the bare boxed answer (the builder prepends the empty think block)
     eng, tok = engine(grpo)
     half = len(train) // 2
-    thinking, rs = rejection_sample(eng, tok, train_q[:half], samples=FUSION["rejection_samples"], max_new_tokens=24,
+    flag = FUSION["rejection_prompt_flag"]
+    flagged = [{**q, "prompt": with_flag(q["prompt"], flag)} for q in train_q[:half]]
+    thinking, rs = rejection_sample(eng, tok, flagged, samples=FUSION["rejection_samples"], max_new_tokens=24,
                                     seed=1)
+    thinking = [unflagged(rec, flag) for rec in thinking]
     nonthinking = [syn.sft_record(p, thinking=False) for p in train[half:]]
+    long = [r for r in nonthinking if r["messages"][-1]["content"] != "\\boxed{" + r["answer"] + "}"]
+    if long:  # pre-registered for run 5: a /no_think reply is the bare boxed answer, nothing else
+        raise RuntimeError(f"{len(long)} non-thinking replies are not the bare boxed answer, e.g. {long[0]}")
     filler = [syn.sft_record(p, thinking=True) for p in train[: max(0, len(nonthinking) - len(thinking))]]
     fused, stats = build_fusion(thinking + filler, nonthinking, seed=0)
     syn.write_jsonl(str(d / "fusion.jsonl"), fused)
@@ -395,6 +469,10 @@ def render(r: dict) -> str:
         f"{m.get('job_seconds')}; this invocation: {m['wall_seconds']} s); numbers: "
         "`benchmarks/results/posttrain_outcomes.json`.",
         *([f"Run note: {m['note']}"] if m.get("note") else []),
+        *([f"**These are run {r['run']}'s numbers** (split seed {r['split_seed']}, every job trained from scratch; "
+           f"script at commit {r['script_commit']}, its pre-registration). Runs 3 and 4: "
+           "`benchmarks/results/posttrain_outcomes_run3.json`, `posttrain_outcomes_run4.json`, summarised below."]
+          if "run" in r else []),
         "",
         "## 1. GRPO after the cold start",
         "",
@@ -452,9 +530,13 @@ def notes(r: dict) -> list[str]:
     dp, fd = r["distillation"]["paired"], r["fusion"]["data"]
     updates = r["grpo_params"]["ppo_epochs"] * r["grpo_params"]["minibatches"]  # optimizer steps per rollout batch
     accs = [v["greedy"]["eval/accuracy"] for v in b.values()]
+    quarters = r["grpo"].get("train_math_reward_by_quarter")
+    on_flag = r.get("fusion_params", {}).get("rejection_prompt_flag")
     return [
         "## Pre-registration of this run",
         "",
+        *([r["preregistered_run5"], "", "Run 4's pre-registration, whose settings run 5 keeps unless named above:", ""]
+          if "preregistered_run5" in r else []),
         *([r["preregistered_run4"], "", "Run 3's pre-registration, whose settings run 4 keeps unless named above:", ""]
           if "preregistered_run4" in r else []),
         r.get("preregistered", PREREGISTERED),
@@ -472,7 +554,16 @@ def notes(r: dict) -> list[str]:
         "prompts (greedy) against the GRPO model's 71.5%; budget curve a step (0% up to budget 8, 32.0% greedy",
         "from 16); distillation on-policy minus SFT-only +1.4 ± 1.6 sampled. Claims 1-3 held, claim 4 did not.",
         "",
-        *(["This invocation (run 4) trained every job from scratch on the seed-1 split in a new workdir.", ""]
+        *(["Run 4 for comparison (split seed 1, fusion 100 steps at lr 5e-4, 8 rejection samples per query on",
+           "unflagged prompts; its results: benchmarks/results/posttrain_outcomes_run4.json): GRPO +37.9 ± 3.1",
+           "points sampled (20.5% -> 58.4%); rejection sampling kept 106 of 200 queries; fusion /no_think empty",
+           "block 100%, /think thinks 99.0%; the fused model answered 3.5% of /think, 6.5% of /no_think and 46.5%",
+           "of unflagged prompts (greedy) against the GRPO model's 63.5%; budget curve flat near zero (1.0% greedy",
+           "unbudgeted); distillation on-policy minus SFT-only -0.4 ± 0.8 sampled, -0.2 ± 1.0 greedy. Claims 1-3",
+           "held, claim 4 did not.", ""] if "preregistered_run5" in r else []),
+        *([f"This invocation (run {r['run']}) trained every job from scratch on the seed-{r['split_seed']} split "
+           "in a new workdir.", ""] if "run" in r else
+          ["This invocation (run 4) trained every job from scratch on the seed-1 split in a new workdir.", ""]
           if "preregistered_run4" in r else
           ["This invocation (run 3) reused the run-2 cold start (config and input hashes unchanged, its cached",
            "evaluations kept) and retrained GRPO, fusion and both distillation arms, then re-evaluated them.", ""]),
@@ -488,8 +579,11 @@ def notes(r: dict) -> list[str]:
            if g["sampled"]["diff"] > 0 else ": no gain."),
         f"  This run: {r['steps']['grpo']} steps = {r['steps']['grpo'] // updates} rollout batches at lr "
         f"{r['grpo_params']['lr']:.0e}; the training math reward per rollout batch (T=0.8,",
-        "  8 prompts x 8 samples) averaged 0.38 / 0.33 / 0.56 / 0.58 over batches 1-10 / 11-20 / 21-30 /",
-        "  31-40 in run 4 (run 3: 0.30 / 0.38 / 0.53 / 0.58; run 2 stopped after batch 10).",
+        *([f"  8 prompts x 8 samples) averaged {' / '.join(f'{x:.2f}' for x in quarters)} over the four quarters of "
+           "the batches", "  in this run (run 4: 0.38 / 0.33 / 0.56 / 0.58; run 3: 0.30 / 0.38 / 0.53 / 0.58;"
+           " run 2 stopped after batch 10)."] if quarters else
+          ["  8 prompts x 8 samples) averaged 0.38 / 0.33 / 0.56 / 0.58 over batches 1-10 / 11-20 / 21-30 /",
+           "  31-40 in run 4 (run 3: 0.30 / 0.38 / 0.53 / 0.58; run 2 stopped after batch 10)."]),
         "  History (same script): on an H200 (`POSTTRAIN_OUTCOMES_DEVICE=cuda`, exploration only, not these",
         "  numbers) 40 GRPO steps from a 200-step cold start (19% greedy / 16% sampled) reached 52% / 47%",
         "  (+33.5 ± 4.1 / +30.9 ± 3.0); from a 160-step cold start (6%) they lowered accuracy (the math",
@@ -503,7 +597,8 @@ def notes(r: dict) -> list[str]:
         f"time, /think answers think {100 * f['think/thinking_rate']:.1f}%; without a flag the model thinks "
         f"{100 * f['no_flag/thinking_rate']:.1f}%.",
         f"  Rejection sampling from the GRPO model ({r.get('fusion_params', {}).get('rejection_samples', 4)} samples "
-        "per query, kept only if the cold-start judges pass",
+        + (f"per query on the {on_flag}-flagged prompt, kept only if the cold-start judges pass" if on_flag else
+           "per query, kept only if the cold-start judges pass"),
         f"  one) kept {fd['rejection_sampled']} of {fd['rejection_sampled'] + fd['synthetic_thinking']} queries; "
         f"the rest of the thinking half ({fd['synthetic_thinking']}) is synthetic",
         "  worked solutions. The 'thinking tokens' of an empty block is 1 (the blank line between the tags).",
@@ -548,6 +643,7 @@ def next_steps(r: dict) -> list[str]:
     """For each claim this run did not establish: what the numbers show, and what to pre-register next."""
     d, f = r["distillation"], r["fusion"]["heldout_modes"]
     acc = lambda arm, flag, p: 100 * d[arm][flag][p]["eval/accuracy"]  # noqa: E731
+    half = r["fusion"]["data"]["rejection_sampled"] + r["fusion"]["data"]["synthetic_thinking"]
     lines = []
     if not r["claims"]["grpo_raises_heldout_accuracy"]:
         lines.append("- GRPO (claim 1) is not established by this run; see the training curve above.")
@@ -566,13 +662,15 @@ def next_steps(r: dict) -> list[str]:
             "  The teacher is weak under the mode flags: GRPO model "
             f"{100 * r['grpo']['heldout_after']['greedy']['eval/accuracy']:.1f}%, fused model"
             f" {100 * f['think/accuracy']:.1f}% /think and {100 * f['no_flag/accuracy']:.1f}% unflagged (greedy).",
-            "  Run 3 (fusion lr 2e-3) taught the flags but gave back the GRPO gain (30.0% /think); run 4 (lr 5e-4,",
-            "  8 rejection samples) kept more of the gain on unflagged prompts but did not teach the flags: a",
-            "  flagged prompt is still out of distribution for it. What to pre-register next (judged on a fresh",
-            "  split, seed 2): the thinking half rejection-sampled from the GRPO model with the /think flag",
-            "  already in the prompt and the non-thinking half's /no_think answers kept short, so that fusion",
-            "  teaches the switch on the policy's own outputs; fusion at lr 5e-4 for 300 steps; the",
-            "  distillation arms and the pass rule unchanged.",
+            *(["  Run 3 (fusion lr 2e-3) taught the flags but gave back the GRPO gain (30.0% /think); run 4 (lr 5e-4,",
+               "  8 rejection samples) kept more of the gain on unflagged prompts but did not teach the flags: a",
+               "  flagged prompt is still out of distribution for it. What to pre-register next (judged on a fresh",
+               "  split, seed 2): the thinking half rejection-sampled from the GRPO model with the /think flag",
+               "  already in the prompt and the non-thinking half's /no_think answers kept short, so that fusion",
+               "  teaches the switch on the policy's own outputs; fusion at lr 5e-4 for 300 steps; the",
+               "  distillation arms and the pass rule unchanged."] if "preregistered_run5" not in r else
+              [f"  Run 5 sampled the thinking half on /think-flagged prompts (kept {r['fusion']['data']['rejection_sampled']}"
+               f" of {half} queries) and trained fusion for {r['steps']['fusion']} steps."]),
         ]
     if not r["claims"]["no_flag_defaults_to_thinking"]:
         lines.append(f"- Without a flag the fused model thinks {100 * f['no_flag/thinking_rate']:.1f}% of the time, "
