@@ -35,6 +35,7 @@ class ModelSection(_Strict):
     tie_embeddings: bool | None = None  # None: the flavor's
     attention: Literal["sdpa", "flex"] = "sdpa"  # flex: per-document (block-causal) masks on GPU
     vocab_size: int | None = None  # None: the flavor's 151,936 rows (tests shrink it)
+    n_layers: int | None = Field(None, gt=0)  # None: the flavor's; benchmarks cut a shape's depth
 
     @model_validator(mode="after")
     def _known(self):
@@ -164,8 +165,9 @@ class TrainConfig(_Strict):
                 raise ValueError(
                     f"parallelism.ep={p.ep} does not divide num_experts={args.moe_args.num_experts}"
                 )
-        if p.pp > 1 and args.n_layers < p.pp:
-            raise ValueError(f"parallelism.pp={p.pp} exceeds the model's {args.n_layers} layers")
+        n_layers = self.model.n_layers or args.n_layers
+        if p.pp > 1 and n_layers < p.pp:
+            raise ValueError(f"parallelism.pp={p.pp} exceeds the model's {n_layers} layers")
         if self.training.seq_len % (p.tp * 2 * p.cp if p.cp > 1 else p.tp):
             raise ValueError(f"training.seq_len={self.training.seq_len} must divide by tp (x 2cp)")
         if self.float8 and self.training.device == "cpu":

@@ -86,6 +86,8 @@ class Trainer:
             args.enable_weight_tying = m.tie_embeddings
         if m.vocab_size is not None:
             args.vocab_size = m.vocab_size
+        if m.n_layers is not None:
+            args.n_layers = m.n_layers
         args.attn_type = m.attention
         args.attn_mask_type = "block_causal" if m.attention == "flex" else "causal"
         if args.moe_enabled and self.cfg.moe.balance == "aux_free":

@@ -1,0 +1,23 @@
+# Device calls of issue 10 on nvidia-h200-x2 (2 GPUs of one host): bash benchmarks/gpu_run4.sh PART
+# NVLink multicast stays off (the machine's NCCL_NVLS_ENABLE=0 etc. pass through to every process).
+set -x
+source benchmarks/gpu_env.sh
+export OMP_NUM_THREADS=4
+MG="python3 benchmarks/multigpu.py"
+left() { echo $((570 - SECONDS)); }  # what is left of this call's 600 s
+case "$1" in
+a)  # the host, then loss parity of every 2-GPU layout against one GPU: 1.7B, then the MoE shape
+  nvidia-smi topo -m; python3 -c 'import torch; print(torch.__version__, torch.cuda.device_count(), torch.cuda.nccl.version())'
+  timeout $(left) $MG parity --models 1.7B --gpus 2 --steps 20 --out $OUT/parity_1.7B.json 2>&1 | grep -v Warning
+  timeout $(left) $MG parity --models 30B-A3B-8L --gpus 2 --steps 20 --out $OUT/parity_moe.json 2>&1 | grep -v Warning
+  ;;
+b)  # weak scaling of FSDP (8B, seq 4096, mb 1 per GPU), 1 then 2 GPUs; MoE 30B-A3B at 24 of 48 layers with EP2
+  timeout $(left) $MG scaling --model 8B --gpus 1,2 --mb 1 --steps 10 --warmup 4 --out $OUT/scaling_8b.json 2>&1 | grep -v Warning
+  timeout $(left) $MG scaling --model 30B-A3B --n-layers 24 --layout ep --gpus 2 --mb 2 --steps 10 --warmup 4 --out $OUT/scaling_moe.json 2>&1 | grep -v Warning
+  ;;
+c)  # a pretraining stage as a local PyTorchJob (1 master x 2 GPUs), S3 (moto) + MLflow, one rank killed, resumed
+  source benchmarks/gpu_services.sh || exit 1
+  export QTRAIN_HOME=/tmp/qtrain-home
+  timeout $(left) python3 benchmarks/gpu_job_resume.py --gpus 2 --model 1.7B --steps 30 --interval 10 --kill-after 14 --out $OUT/resume.json 2>&1 | grep -v Warning
+  ;;
+esac
