@@ -15,9 +15,11 @@ b)  # weak scaling of FSDP (8B, seq 4096, mb 1 per GPU), 1 then 2 GPUs; MoE 30B-
   timeout $(left) $MG scaling --model 8B --gpus 1,2 --mb 1 --steps 10 --warmup 4 --out $OUT/scaling_8b.json 2>&1 | grep -v Warning
   timeout $(left) $MG scaling --model 30B-A3B --n-layers 24 --layout ep --gpus 2 --mb 2 --steps 10 --warmup 4 --out $OUT/scaling_moe.json 2>&1 | grep -v Warning
   ;;
-c)  # a pretraining stage as a local PyTorchJob (1 master x 2 GPUs), S3 (moto) + MLflow, one rank killed, resumed
+c)  # a pretraining stage as a local PyTorchJob (1 master x 2 GPUs, 0.6B: each checkpoint is 7 GB through moto), S3 (moto) + MLflow, one rank killed, resumed
   source benchmarks/gpu_services.sh || exit 1
   export QTRAIN_HOME=/tmp/qtrain-home
-  timeout $(left) python3 benchmarks/gpu_job_resume.py --gpus 2 --model 1.7B --steps 30 --interval 10 --kill-after 14 --out $OUT/resume.json 2>&1 | grep -v Warning
+  timeout $(left) python3 benchmarks/gpu_job_resume.py --gpus 2 --model 0.6B --steps 24 --interval 8 --kill-after 11 --out $OUT/resume.json 2>&1 | grep -v Warning
   ;;
 esac
+# every run's log and metrics come back (one file)
+tar czf $OUT/logs_$1.tgz $(find /tmp/qwen3-multigpu /tmp/qtrain /tmp/qtrain-home /tmp/svc-logs -name train.log -o -name metrics.jsonl -o -name '*.log' 2>/dev/null) 2>/dev/null

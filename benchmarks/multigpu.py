@@ -113,6 +113,8 @@ def wait(procs: dict[str, tuple[subprocess.Popen, Path]]) -> dict[str, str | Non
             proc.kill()
             rc = "timeout"
         tail = (cfg.parent / "train.log").read_text().splitlines()[-15:]
+        if rc == 0 and not metrics(cfg):
+            rc = "0 but no loss in metrics.jsonl"
         errors[name] = None if rc == 0 else f"rc={rc}: " + " | ".join(t[-300:] for t in tail)
     return errors
 

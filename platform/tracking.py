@@ -67,6 +67,7 @@ class Tracker:
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self.log_seconds = 0.0  # time spent by callers on the training thread
+        self._error: BaseException | None = None  # what stopped the background thread, if anything
         if not enabled:
             return
         if metrics_file:
@@ -95,11 +96,13 @@ class Tracker:
     # -- API (training thread) -----------------------------------------------------------------
     def log_params(self, params: dict[str, Any]) -> None:
         if self.enabled:
+            self._check()
             self._queue.put(("params", flatten(params)))
 
     def log_metrics(self, step: int, metrics: dict[str, float]) -> None:
         if not self.enabled:
             return
+        self._check()
         t0 = time.perf_counter()
         clean = {k: float(v) for k, v in metrics.items() if v is not None}
         self._queue.put(("metrics", (step, clean, int(time.time() * 1000))))
@@ -116,10 +119,22 @@ class Tracker:
         self._thread.join(timeout=120)
         if self._file:
             self._file.close()
+        self._check()
 
     # -- background thread ---------------------------------------------------------------------
     def _drain(self) -> None:
-        from mlflow.entities import Metric, Param, RunTag
+        try:
+            self._drain_queue()
+        except BaseException as exc:  # surfaced on the training thread by the next call (_check)
+            self._error = exc
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise TrackingError(f"the tracker thread stopped: {type(self._error).__name__}: {self._error}")
+
+    def _drain_queue(self) -> None:
+        if self._client is not None:  # MLflow is needed only to talk to a server; the file needs nothing
+            from mlflow.entities import Metric, Param, RunTag
 
         while True:
             kind, payload = self._queue.get()
@@ -132,10 +147,11 @@ class Tracker:
                     step, values, ts = p
                     if self._file:
                         self._file.write(json.dumps({"step": step, "time_ms": ts, **values}) + "\n")
-                    metrics += [Metric(name, val, ts, step) for name, val in values.items()]
-                elif k == "params":
+                    if self._client is not None:
+                        metrics += [Metric(name, val, ts, step) for name, val in values.items()]
+                elif k == "params" and self._client is not None:
                     params += [Param(n, v) for n, v in p.items()]
-                elif k == "tag":
+                elif k == "tag" and self._client is not None:
                     tags.append(RunTag(*p))
                 elif k == "close":
                     close = p

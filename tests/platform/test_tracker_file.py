@@ -1,0 +1,41 @@
+"""The local metrics file needs no MLflow, and a tracker thread that dies is never silent.
+
+(A GPU machine without mlflow installed once trained 20 steps and left an empty metrics file: the
+background thread had died on ``import mlflow`` and nobody heard.)"""
+
+import json
+import sys
+
+import pytest
+
+from qwen3_trainer.platform.tracking import Tracker, TrackingError
+
+
+def test_metrics_file_without_mlflow(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in [m for m in sys.modules if m == "mlflow" or m.startswith("mlflow.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # any `import mlflow...` now fails
+    monkeypatch.setitem(sys.modules, "mlflow.entities", None)
+    path = tmp_path / "m" / "metrics.jsonl"
+    tracker = Tracker(enabled=True, uri=None, experiment="x", metrics_file=str(path))
+    tracker.log_params({"a": 1})
+    for step in (1, 2):
+        tracker.log_metrics(step, {"loss": 3.0 - step})
+    tracker.set_tag("k", "v")
+    tracker.close()
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in rows] == [(1, 2.0), (2, 1.0)]
+
+
+def test_a_dead_tracker_thread_fails_the_next_call(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    path = tmp_path / "metrics.jsonl"
+    tracker = Tracker(enabled=True, uri=None, experiment="x", metrics_file=str(path))
+    tracker._file.close()  # the next write in the thread raises ValueError
+    tracker.log_metrics(1, {"loss": 1.0})
+    tracker._thread.join(timeout=10)
+    with pytest.raises(TrackingError, match="the tracker thread stopped: ValueError"):
+        tracker.log_metrics(2, {"loss": 0.5})
+    with pytest.raises(TrackingError):
+        tracker.close()
