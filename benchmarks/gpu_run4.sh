@@ -15,6 +15,13 @@ b)  # weak scaling of FSDP (8B, seq 4096, mb 1 per GPU), 1 then 2 GPUs; MoE 30B-
   timeout $(left) $MG scaling --model 8B --gpus 1,2 --mb 1 --steps 10 --warmup 4 --out $OUT/scaling_8b.json 2>&1 | grep -v Warning
   timeout $(left) $MG scaling --model 30B-A3B --n-layers 24 --layout ep --gpus 2 --mb 2 --steps 10 --warmup 4 --out $OUT/scaling_moe.json 2>&1 | grep -v Warning
   ;;
+s)  # on a one-GPU machine (x2 withdrawn): the one-GPU references of the parity runs, then part c with 1 GPU
+  nvidia-smi -L; python3 -c 'import torch; print(torch.__version__, torch.cuda.device_count())'
+  timeout $(left) $MG parity --only single --models 1.7B,30B-A3B-8L --gpus 2 --steps 20 --out $OUT/parity_single.json 2>&1 | grep -v Warning
+  source benchmarks/gpu_services.sh || exit 1
+  export QTRAIN_HOME=/tmp/qtrain-home
+  timeout $(left) python3 benchmarks/gpu_job_resume.py --gpus 1 --model 0.6B --steps 24 --interval 8 --kill-after 11 --out $OUT/resume_1gpu.json 2>&1 | grep -v Warning
+  ;;
 c)  # a pretraining stage as a local PyTorchJob (1 master x 2 GPUs, 0.6B: each checkpoint is 7 GB through moto), S3 (moto) + MLflow, one rank killed, resumed
   source benchmarks/gpu_services.sh || exit 1
   export QTRAIN_HOME=/tmp/qtrain-home

@@ -126,6 +126,12 @@ def metrics(cfg: Path) -> list[dict]:
     return [r for r in map(json.loads, path.read_text().splitlines()) if "loss" in r]
 
 
+def _visible_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def cmd_parity(a) -> dict:
     work, device = Path(a.workdir), a.device
     data = corpus(work)
@@ -136,10 +142,19 @@ def cmd_parity(a) -> dict:
                                    mb=mb, accum=acc, parallelism=par, model=model, device=device)
                 for name, (_, mb, acc, par, model) in table.items()}
         ones = [n for n, row in table.items() if row[0] == 1]
+        earlier = {(r["model"], r["layout"]): r for f in a.reference for r in json.loads(Path(f).read_text())["rows"]}
+        if a.only == "single":  # the references alone (a one-GPU machine); the layouts later with --reference
+            table = {n: table[n] for n in ones}
+        elif a.only == "multi":
+            missing = [n for n in ones if not earlier.get((flavor, n), {}).get("losses")]
+            if missing:
+                raise SystemExit(f"--only multi: no {flavor} {', '.join(missing)} curves in --reference files")
+            table, ones = {n: row for n, row in table.items() if row[0] > 1}, []
         errors: dict[str, str | None] = {}
         seconds: dict[str, float] = {}
-        for i in range(0, len(ones), a.gpus):  # one-GPU runs side by side, one per GPU
-            batch, t0 = ones[i:i + a.gpus], time.time()
+        slots = max(1, min(a.gpus, _visible_gpus())) if device == "cuda" else a.gpus
+        for i in range(0, len(ones), slots):  # one-GPU runs side by side, one per GPU
+            batch, t0 = ones[i:i + slots], time.time()
             procs = {n: (launch(cfgs[n], 1, [j] if device == "cuda" else None, a.timeout), cfgs[n])
                      for j, n in enumerate(batch)}
             errors.update(wait(procs))
@@ -149,9 +164,12 @@ def cmd_parity(a) -> dict:
             errors.update(wait({name: (launch(cfgs[name], table[name][0], None, a.timeout), cfgs[name])}))
             seconds[name] = round(time.time() - t0, 1)
         curves = {n: [r["loss"] for r in metrics(cfgs[n])] for n in table}
+        for (model_name, layout), row in earlier.items():  # references measured in an earlier call
+            if model_name == flavor and layout not in table:
+                curves[layout] = row["losses"]
         for name in table:
-            ref_name = "single-untied" if table[name][4] and "single-untied" in table else "single"
-            ref, got = curves[ref_name], curves[name]
+            ref_name = "single-untied" if table[name][4] else "single"  # overrides = untied embeddings
+            ref, got = curves.get(ref_name, []), curves[name]
             row = {"model": flavor, "layout": name, "reference": ref_name, "processes": table[name][0],
                    "parallelism": table[name][3], "losses": got, "wall_s": seconds[name],
                    "error": errors[name]}
@@ -214,6 +232,9 @@ def main() -> None:
     par.add_argument("--gpus", type=int, default=2)
     par.add_argument("--steps", type=int, default=20)
     par.add_argument("--tol", type=float, default=0.01)
+    par.add_argument("--only", default="all", choices=["all", "single", "multi"],
+                     help="single: the one-GPU references only; multi: the N-GPU layouts, references from --reference")
+    par.add_argument("--reference", action="append", default=[], help="an earlier parity JSON (repeatable)")
     sc = sub.choices["scaling"]
     sc.add_argument("--model", default="8B")
     sc.add_argument("--n-layers", type=int, default=None)
