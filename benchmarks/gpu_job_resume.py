@@ -24,7 +24,6 @@ import datetime
 import json
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -43,9 +42,16 @@ def upload_corpus(bucket: str) -> str:
 
 
 def ranks_of(master_pid: int) -> list[int]:
-    """The training processes: torchrun's children."""
-    out = subprocess.run(["pgrep", "-P", str(master_pid)], capture_output=True, text=True).stdout.split()
-    return [int(p) for p in out]
+    """The training processes: torchrun's children (read from /proc; no procps needed)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+        except OSError:
+            continue
+        if int(fields[1]) == master_pid:
+            kids.append(int(stat.parent.name))
+    return sorted(kids)
 
 
 def main() -> None:

@@ -22,6 +22,11 @@ s)  # on a one-GPU machine (x2 withdrawn): the one-GPU references of the parity 
   export QTRAIN_HOME=/tmp/qtrain-home
   timeout $(left) python3 benchmarks/gpu_job_resume.py --gpus 1 --model 0.6B --steps 24 --interval 8 --kill-after 11 --out $OUT/resume_1gpu.json 2>&1 | grep -v Warning
   ;;
+c1) # part c on a one-GPU machine: 1 master x 1 GPU
+  source benchmarks/gpu_services.sh || exit 1
+  export QTRAIN_HOME=/tmp/qtrain-home
+  timeout $(left) python3 benchmarks/gpu_job_resume.py --gpus 1 --model 0.6B --steps 24 --interval 8 --kill-after 11 --out $OUT/resume_1gpu.json 2>&1 | grep -v Warning
+  ;;
 c)  # a pretraining stage as a local PyTorchJob (1 master x 2 GPUs, 0.6B: each checkpoint is 7 GB through moto), S3 (moto) + MLflow, one rank killed, resumed
   source benchmarks/gpu_services.sh || exit 1
   export QTRAIN_HOME=/tmp/qtrain-home
