@@ -4,7 +4,7 @@ set -x
 source benchmarks/gpu_env.sh
 export OMP_NUM_THREADS=4
 MG="python3 benchmarks/multigpu.py"
-left() { echo $((570 - SECONDS)); }  # what is left of this call's 600 s
+left() { echo $((${LIMIT:-570} - SECONDS)); }  # what is left of this call (LIMIT: its seconds, less a margin)
 case "$1" in
 a)  # the host, then loss parity of every 2-GPU layout against one GPU: 1.7B, then the MoE shape
   nvidia-smi topo -m; python3 -c 'import torch; print(torch.__version__, torch.cuda.device_count(), torch.cuda.nccl.version())'
@@ -14,6 +14,11 @@ a)  # the host, then loss parity of every 2-GPU layout against one GPU: 1.7B, th
 b)  # weak scaling of FSDP (8B, seq 4096, mb 1 per GPU), 1 then 2 GPUs; MoE 30B-A3B at 24 of 48 layers with EP2
   timeout $(left) $MG scaling --model 8B --gpus 1,2 --mb 1 --steps 10 --warmup 4 --out $OUT/scaling_8b.json 2>&1 | grep -v Warning
   timeout $(left) $MG scaling --model 30B-A3B --n-layers 24 --layout ep --gpus 2 --mb 2 --steps 10 --warmup 4 --out $OUT/scaling_moe.json 2>&1 | grep -v Warning
+  ;;
+m)  # the 2-GPU layouts alone, against the one-GPU references of part s (committed): MoE first, then 1.7B
+  REF=benchmarks/results/2026-11-29-h200-parity-single.json
+  timeout $(left) $MG parity --only multi --reference $REF --models 30B-A3B-8L --gpus 2 --steps 20 --out $OUT/parity_moe.json 2>&1 | grep -v Warning
+  timeout $(left) $MG parity --only multi --reference $REF --models 1.7B --gpus 2 --steps 20 --out $OUT/parity_1.7B.json 2>&1 | grep -v Warning
   ;;
 s)  # on a one-GPU machine (x2 withdrawn): the one-GPU references of the parity runs, then part c with 1 GPU
   nvidia-smi -L; python3 -c 'import torch; print(torch.__version__, torch.cuda.device_count())'
