@@ -28,11 +28,11 @@ import time
 from pathlib import Path
 
 
-def upload_corpus(bucket: str) -> str:
+def upload_corpus(bucket: str, workdir: Path) -> str:
     from qwen3_trainer.model import storage
     from qwen3_trainer.platform.data.tiny_corpus import write_tiny_corpus
 
-    local = Path("/tmp/qwen3-resume-corpus")
+    local = workdir / "corpus"
     paths = write_tiny_corpus(str(local), megabytes=4, shards=4, seed=0) if not local.exists() else \
         sorted(str(p) for p in local.glob("*.jsonl"))
     fs, _ = storage.filesystem(bucket)
@@ -66,6 +66,7 @@ def main() -> None:
     p.add_argument("--kill-after", type=int, default=14)
     p.add_argument("--bucket", default="s3://qwen3-trainer")
     p.add_argument("--timeout", type=int, default=480)
+    p.add_argument("--workdir", default="/tmp/qwen3-resume", help="the corpus and the run's dump_dir")
     a = p.parse_args()
 
     from mlflow.tracking import MlflowClient
@@ -75,7 +76,8 @@ def main() -> None:
     from qwen3_trainer.platform.jobs.spec import JobSpec
 
     name = f"qwen3-{a.model.lower().replace('.', 'p')}-resume"
-    data = upload_corpus(a.bucket)
+    workdir = Path(a.workdir)
+    data = upload_corpus(a.bucket, workdir)
     ckpt = f"{a.bucket}/ckpt/{name}-{int(time.time())}"
     client = MlflowClient()
     exp = client.get_experiment_by_name("qwen3-trainer") or client.get_experiment(
@@ -83,7 +85,7 @@ def main() -> None:
     parent = client.create_run(exp.experiment_id, run_name=f"{name}-pipeline").info.run_id
     child = client.create_run(exp.experiment_id, run_name=f"{name}-s1",
                               tags={"mlflow.parentRunId": parent}).info.run_id
-    dump = Path(f"/tmp/qtrain/{name}")
+    dump = workdir / "run"
     training = {"steps": a.steps, "micro_batch_size": 2, "grad_accum": 1, "seq_len": a.seq, "device": a.device}
     if a.device == "cuda":
         training.update(dtype="float32", param_dtype="bfloat16")

@@ -39,4 +39,4 @@ c)  # a pretraining stage as a local PyTorchJob (1 master x 2 GPUs, 0.6B: each c
   ;;
 esac
 # every run's log and metrics come back (one file)
-tar czf $OUT/logs_$1.tgz $(find /tmp/qwen3-multigpu /tmp/qtrain /tmp/qtrain-home /tmp/svc-logs -name train.log -o -name metrics.jsonl -o -name '*.log' 2>/dev/null) 2>/dev/null
+tar czf $OUT/logs_$1.tgz $(find /tmp/qwen3-multigpu /tmp/qwen3-resume /tmp/qtrain-home /tmp/svc-logs -name train.log -o -name metrics.jsonl -o -name '*.log' 2>/dev/null) 2>/dev/null
