@@ -105,7 +105,7 @@ def _setup_logging(rank: int, dump_dir: str) -> None:
 
 def train(cfg: TrainConfig, env: DistEnv | None = None) -> dict[str, Any]:
     """Run a whole training job in this process (one rank). Returns the trainer's summary."""
-    from qwen3_trainer.platform.tracking import Tracker
+    from qwen3_trainer.platform.tracking import Tracker, TrackingError
     from qwen3_trainer.platform.train.trainer import Trainer
 
     env = env or DistEnv.from_env()
@@ -133,7 +133,12 @@ def train(cfg: TrainConfig, env: DistEnv | None = None) -> dict[str, Any]:
     finally:
         if trainer is not None:
             trainer.close()
-        tracker.close(status)
+        try:
+            tracker.close(status)
+        except TrackingError as exc:
+            if status == "FINISHED":
+                raise
+            logging.getLogger("qwen3_trainer.train").error("%s", exc)  # the training error goes on up
         import torch.distributed as dist
 
         if dist.is_initialized():

@@ -39,3 +39,25 @@ def test_a_dead_tracker_thread_fails_the_next_call(tmp_path, monkeypatch):
         tracker.log_metrics(2, {"loss": 0.5})
     with pytest.raises(TrackingError):
         tracker.close()
+
+
+def test_a_tracker_error_never_hides_the_training_error(tmp_path, monkeypatch):
+    from qwen3_trainer.platform.train import run, trainer
+    from qwen3_trainer.platform.train.config import TrainConfig
+    from qwen3_trainer.platform.train.parallel import DistEnv
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+
+    def broken_trainer(*args, **kwargs):
+        raise RuntimeError("the model did not build")
+
+    def broken_close(self, status="FINISHED"):
+        raise TrackingError("the tracker thread stopped: OSError: disk full")
+
+    monkeypatch.setattr(trainer, "Trainer", broken_trainer)
+    monkeypatch.setattr(Tracker, "close", broken_close)
+    cfg = TrainConfig.model_validate({"model": {"flavor": "debugmodel"}, "dump_dir": str(tmp_path),
+                                      "training": {"steps": 1, "seq_len": 16, "device": "cpu"}})
+    env = DistEnv(rank=0, local_rank=0, world_size=1, master_addr="127.0.0.1", master_port=0)
+    with pytest.raises(RuntimeError, match="the model did not build"):
+        run.train(cfg, env)
