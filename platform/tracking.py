@@ -7,7 +7,9 @@ artifacts and the model registry, so no other module imports mlflow.
 Rank 0 logs; other ranks get a no-op tracker. Metrics go through a queue to a background thread
 (``log_batch`` every flush), so a slow tracking server never stalls a training step. Every metric
 is also appended to a local JSONL file, which is the whole record when no MLflow server is set
-(``MLFLOW_TRACKING_URI`` unset and no ``tracking.mlflow_uri``).
+(``MLFLOW_TRACKING_URI`` unset and no ``tracking.mlflow_uri``); that file needs no mlflow installed.
+A failed MLflow request is printed and training goes on; a failure of the thread itself (the
+metrics file) raises ``TrackerStopped`` at the next logging call, so a run never goes unrecorded.
 
 Runs nest: a pipeline creates a parent run and passes a child ``run_id`` to each stage's job; the
 trainer then logs into that run (params, metrics, checkpoint URIs as tags).
@@ -28,6 +30,11 @@ MAX_PARAM_LEN = 6000
 
 class TrackingError(RuntimeError):
     """The tracking server cannot be reached or refused a request."""
+
+
+class TrackerStopped(RuntimeError):
+    """The tracker's background thread died (e.g. the metrics file became unwritable): the run's
+    record would silently stop, so the next logging call on the training thread raises this."""
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -110,6 +117,7 @@ class Tracker:
 
     def set_tag(self, key: str, value: str) -> None:
         if self.enabled:
+            self._check()
             self._queue.put(("tag", (key, str(value))))
 
     def close(self, status: str = "FINISHED") -> None:
@@ -119,6 +127,11 @@ class Tracker:
         self._thread.join(timeout=120)
         if self._file:
             self._file.close()
+        if self._error is not None and self._client is not None:
+            try:  # the thread never got to end the run: mark it failed rather than leave it RUNNING
+                self._client.set_terminated(self.run_id, status="FAILED")
+            except Exception as exc:
+                print(f"[tracker] MLflow set_terminated failed: {exc}", flush=True)
         self._check()
 
     # -- background thread ---------------------------------------------------------------------
@@ -130,7 +143,7 @@ class Tracker:
 
     def _check(self) -> None:
         if self._error is not None:
-            raise TrackingError(f"the tracker thread stopped: {type(self._error).__name__}: {self._error}")
+            raise TrackerStopped(f"the tracker thread stopped: {type(self._error).__name__}: {self._error}")
 
     def _drain_queue(self) -> None:
         if self._client is not None:  # MLflow is needed only to talk to a server; the file needs nothing
@@ -164,7 +177,7 @@ class Tracker:
                         try:
                             self._client.log_batch(self.run_id, metrics=metrics if i == 0 else [],
                                                    params=chunk, tags=tags if i == 0 else [])
-                        except Exception as exc:  # tracking must never kill training
+                        except Exception as exc:  # a tracking server's failure never kills training
                             print(f"[tracker] MLflow log_batch failed: {exc}", flush=True)
                 if close is not None:
                     try:

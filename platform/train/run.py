@@ -105,7 +105,7 @@ def _setup_logging(rank: int, dump_dir: str) -> None:
 
 def train(cfg: TrainConfig, env: DistEnv | None = None) -> dict[str, Any]:
     """Run a whole training job in this process (one rank). Returns the trainer's summary."""
-    from qwen3_trainer.platform.tracking import Tracker, TrackingError
+    from qwen3_trainer.platform.tracking import Tracker, TrackerStopped, TrackingError
     from qwen3_trainer.platform.train.trainer import Trainer
 
     env = env or DistEnv.from_env()
@@ -131,18 +131,20 @@ def train(cfg: TrainConfig, env: DistEnv | None = None) -> dict[str, Any]:
         status = "FINISHED"
         return summary
     finally:
-        if trainer is not None:
-            trainer.close()
         try:
-            tracker.close(status)
-        except TrackingError as exc:
-            if status == "FINISHED":
-                raise
-            logging.getLogger("qwen3_trainer.train").error("%s", exc)  # the training error goes on up
-        import torch.distributed as dist
+            if trainer is not None:
+                trainer.close()
+            try:
+                tracker.close(status)
+            except (TrackingError, TrackerStopped) as exc:
+                if status == "FINISHED":
+                    raise
+                logging.getLogger("qwen3_trainer.train").error("%s", exc)  # the training error goes on up
+        finally:
+            import torch.distributed as dist
 
-        if dist.is_initialized():
-            dist.destroy_process_group()
+            if dist.is_initialized():
+                dist.destroy_process_group()
 
 
 def _build_loader(cfg: TrainConfig, trainer, env: DistEnv):

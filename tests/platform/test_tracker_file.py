@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from qwen3_trainer.platform.tracking import Tracker, TrackingError
+from qwen3_trainer.platform.tracking import Tracker, TrackerStopped
 
 
 def test_metrics_file_without_mlflow(tmp_path, monkeypatch):
@@ -35,24 +35,29 @@ def test_a_dead_tracker_thread_fails_the_next_call(tmp_path, monkeypatch):
     tracker._file.close()  # the next write in the thread raises ValueError
     tracker.log_metrics(1, {"loss": 1.0})
     tracker._thread.join(timeout=10)
-    with pytest.raises(TrackingError, match="the tracker thread stopped: ValueError"):
+    with pytest.raises(TrackerStopped, match="the tracker thread stopped: ValueError"):
         tracker.log_metrics(2, {"loss": 0.5})
-    with pytest.raises(TrackingError):
+    with pytest.raises(TrackerStopped):
+        tracker.set_tag("k", "v")
+    with pytest.raises(TrackerStopped):
         tracker.close()
 
 
-def test_a_tracker_error_never_hides_the_training_error(tmp_path, monkeypatch):
+def test_a_tracker_error_never_hides_the_training_error(tmp_path, monkeypatch, caplog):
     from qwen3_trainer.platform.train import run, trainer
     from qwen3_trainer.platform.train.config import TrainConfig
     from qwen3_trainer.platform.train.parallel import DistEnv
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setattr(run, "_setup_logging", lambda rank, dump_dir: None)  # keep pytest's handlers
+    real_close = Tracker.close
 
     def broken_trainer(*args, **kwargs):
         raise RuntimeError("the model did not build")
 
     def broken_close(self, status="FINISHED"):
-        raise TrackingError("the tracker thread stopped: OSError: disk full")
+        real_close(self, status)  # ends the thread and the file
+        raise TrackerStopped("the tracker thread stopped: OSError: disk full")
 
     monkeypatch.setattr(trainer, "Trainer", broken_trainer)
     monkeypatch.setattr(Tracker, "close", broken_close)
@@ -61,3 +66,4 @@ def test_a_tracker_error_never_hides_the_training_error(tmp_path, monkeypatch):
     env = DistEnv(rank=0, local_rank=0, world_size=1, master_addr="127.0.0.1", master_port=0)
     with pytest.raises(RuntimeError, match="the model did not build"):
         run.train(cfg, env)
+    assert "disk full" in caplog.text  # the tracker's own failure is logged, not lost
