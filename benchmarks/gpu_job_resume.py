@@ -23,6 +23,7 @@ import argparse
 import datetime
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -60,6 +61,7 @@ def main() -> None:
     p.add_argument("--gpus", type=int, default=2)
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     p.add_argument("--model", default="1.7B")
+    p.add_argument("--n-layers", type=int, default=None, help="cut the flavor's depth (smaller checkpoints)")
     p.add_argument("--seq", type=int, default=4096)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--interval", type=int, default=10)
@@ -69,23 +71,21 @@ def main() -> None:
     p.add_argument("--workdir", default="/tmp/qwen3-resume", help="the corpus and the run's dump_dir")
     a = p.parse_args()
 
-    from mlflow.tracking import MlflowClient
-
     from qwen3_trainer.model import storage
     from qwen3_trainer.platform.jobs.local_launcher import LocalLauncher
     from qwen3_trainer.platform.jobs.spec import JobSpec
+    from qwen3_trainer.platform.tracking import MlflowStore
 
     name = f"qwen3-{a.model.lower().replace('.', 'p')}-resume"
     workdir = Path(a.workdir)
     data = upload_corpus(a.bucket, workdir)
     ckpt = f"{a.bucket}/ckpt/{name}-{int(time.time())}"
-    client = MlflowClient()
-    exp = client.get_experiment_by_name("qwen3-trainer") or client.get_experiment(
-        client.create_experiment("qwen3-trainer"))
-    parent = client.create_run(exp.experiment_id, run_name=f"{name}-pipeline").info.run_id
-    child = client.create_run(exp.experiment_id, run_name=f"{name}-s1",
-                              tags={"mlflow.parentRunId": parent}).info.run_id
+    store = MlflowStore(os.environ["MLFLOW_TRACKING_URI"])
+    experiment = store.experiment_id("qwen3-trainer")
+    parent = store.create_run(experiment, f"{name}-pipeline", {})
+    child = store.create_run(experiment, f"{name}-s1", {"mlflow.parentRunId": parent})
     dump = workdir / "run"
+    shutil.rmtree(dump, ignore_errors=True)  # metrics.jsonl appends: an earlier run's rows must go
     training = {"steps": a.steps, "micro_batch_size": 2, "grad_accum": 1, "seq_len": a.seq, "device": a.device}
     if a.device == "cuda":
         training.update(dtype="float32", param_dtype="bfloat16")
@@ -94,7 +94,7 @@ def main() -> None:
         "gpus_per_node": a.gpus if a.device == "cuda" else 0, "nproc_per_node": a.gpus,
         "restart_policy": "OnFailure", "run_policy": {"backoff_limit": 2, "active_deadline_seconds": a.timeout},
         "train": {
-            "model": {"flavor": a.model},
+            "model": {"flavor": a.model, **({"n_layers": a.n_layers} if a.n_layers else {})},
             "parallelism": {"dp_shard": a.gpus},
             "training": training,
             "optimizer": {"lr": 3e-4 if a.device == "cuda" else 3e-3, "weight_decay": 0.0},
@@ -143,8 +143,8 @@ def main() -> None:
             if r["step"] in before:
                 twice.append({"step": r["step"], "loss_before": before[r["step"]]["loss"], "loss_after": r["loss"],
                               "checksum_equal": before[r["step"]]["data/checksum"] == r["data/checksum"]})
-    run = client.get_run(child)
-    history = sorted((m.step, m.value) for m in client.get_metric_history(child, "loss"))
+    run = store.client.get_run(child)
+    history = store.metric_history(child, "loss")
     result = {
         "date": datetime.date.today().isoformat(), "model": a.model, "gpus": a.gpus, "device": a.device,
         "seq": a.seq, "steps": a.steps, "checkpoint_interval": a.interval, "checkpoint_dir": ckpt,
