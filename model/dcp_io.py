@@ -29,11 +29,17 @@ def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not k.endswith("tokens_per_expert")}
 
 
+# Files each rank writes to an object store at once: four uploads in flight instead of one, and
+# objects a quarter the size (a 7.2 GB single-file shard failed moto's CompleteMultipartUpload;
+# 1 GB to moto on 2 cores: 18.9 s with one thread, 17.0 s with four).
+REMOTE_WRITE_THREADS = 4
+
+
 def writer(path: str):
     if storage.is_remote(path):
         from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
 
-        return FsspecWriter(path, sync_files=False)
+        return FsspecWriter(path, sync_files=False, thread_count=REMOTE_WRITE_THREADS)
     return dcp.FileSystemWriter(path)
 
 

@@ -74,6 +74,12 @@ def test_kill_one_rank_and_resume_exactly(tmp_path, s3_bucket, mlflow_server):
         assert b[step]["data/checksum"] == a[step]["data/checksum"], f"data order differs at step {step}"
         assert abs(b[step]["loss"] - a[step]["loss"]) <= 1e-6, (step, a[step]["loss"], b[step]["loss"])
 
+    # each rank writes REMOTE_WRITE_THREADS files to the object store (parallel uploads, smaller objects)
+    from qwen3_trainer.model.dcp_io import REMOTE_WRITE_THREADS
+
+    shards = [n for n in storage.listdir(f"{s3_bucket}/straight/step-000006") if n.endswith(".distcp")]
+    assert len(shards) == 2 * REMOTE_WRITE_THREADS, shards
+
     # retention kept the last two complete checkpoints, each with its marker
     names = storage.listdir(ckpt)
     assert names == ["step-000003", "step-000006"] or names[-2:] == ["step-000003", "step-000006"]
