@@ -608,6 +608,12 @@ def notes(r: dict) -> list[str]:
         f"  {100 * f['no_flag/accuracy']:.1f}% of unflagged prompts (greedy, official template) against "
         f"{100 * r['grpo']['heldout_after']['greedy']['eval/accuracy']:.1f}% for the GRPO model, whose",
         "  prompts never carried a flag. The distillation teacher is this model under /think and /no_think.",
+        *([f"  On the {on_flag}-flagged prompt the GRPO model, which never saw a flag, produced no reply that passed"
+           " (as seen before the", "  run and stated in the pre-registration), so the whole thinking half is the"
+           " synthetic worked solutions:", "  this run did not fuse on the policy's own replies; what changed"
+           f" against run 4 is the fusion length ({r['steps']['fusion']} steps)", "  and the split. Run 4's fused"
+           " model (100 steps, 106 policy replies) answered 3.5% of /think, 6.5% of /no_think and", "  46.5% of"
+           " unflagged prompts."] if on_flag and fd["rejection_sampled"] == 0 else []),
         f"- Thinking budget: the fused model thinks {f['think/thinking_tokens']:.1f} tokens; budgets below that",
         "  force the report's stop-thinking text in, which is never trained (as in the report), and this",
         f"  tiny model does not produce a verified answer after it ({100 * accs[0]:.0f}% greedy at budget 0); "
@@ -643,11 +649,12 @@ def next_steps(r: dict) -> list[str]:
     """For each claim this run did not establish: what the numbers show, and what to pre-register next."""
     d, f = r["distillation"], r["fusion"]["heldout_modes"]
     acc = lambda arm, flag, p: 100 * d[arm][flag][p]["eval/accuracy"]  # noqa: E731
-    half = r["fusion"]["data"]["rejection_sampled"] + r["fusion"]["data"]["synthetic_thinking"]
     lines = []
     if not r["claims"]["grpo_raises_heldout_accuracy"]:
         lines.append("- GRPO (claim 1) is not established by this run; see the training curve above.")
-    if not r["claims"]["onpolicy_beats_sft_only"]:
+    if not r["claims"]["onpolicy_beats_sft_only"] and "preregistered_run5" in r:
+        lines += claim4_run5(r)
+    elif not r["claims"]["onpolicy_beats_sft_only"]:
         on, off = "offpolicy_then_onpolicy", "sft_only"
         lines += [
             "- On-policy distillation (claim 4) is not established by this run. By mode (sampled, not paired):",
@@ -662,20 +669,50 @@ def next_steps(r: dict) -> list[str]:
             "  The teacher is weak under the mode flags: GRPO model "
             f"{100 * r['grpo']['heldout_after']['greedy']['eval/accuracy']:.1f}%, fused model"
             f" {100 * f['think/accuracy']:.1f}% /think and {100 * f['no_flag/accuracy']:.1f}% unflagged (greedy).",
-            *(["  Run 3 (fusion lr 2e-3) taught the flags but gave back the GRPO gain (30.0% /think); run 4 (lr 5e-4,",
-               "  8 rejection samples) kept more of the gain on unflagged prompts but did not teach the flags: a",
-               "  flagged prompt is still out of distribution for it. What to pre-register next (judged on a fresh",
-               "  split, seed 2): the thinking half rejection-sampled from the GRPO model with the /think flag",
-               "  already in the prompt and the non-thinking half's /no_think answers kept short, so that fusion",
-               "  teaches the switch on the policy's own outputs; fusion at lr 5e-4 for 300 steps; the",
-               "  distillation arms and the pass rule unchanged."] if "preregistered_run5" not in r else
-              [f"  Run 5 sampled the thinking half on /think-flagged prompts (kept {r['fusion']['data']['rejection_sampled']}"
-               f" of {half} queries) and trained fusion for {r['steps']['fusion']} steps."]),
+            "  Run 3 (fusion lr 2e-3) taught the flags but gave back the GRPO gain (30.0% /think); run 4 (lr 5e-4,",
+            "  8 rejection samples) kept more of the gain on unflagged prompts but did not teach the flags: a",
+            "  flagged prompt is still out of distribution for it. What to pre-register next (judged on a fresh",
+            "  split, seed 2): the thinking half rejection-sampled from the GRPO model with the /think flag",
+            "  already in the prompt and the non-thinking half's /no_think answers kept short, so that fusion",
+            "  teaches the switch on the policy's own outputs; fusion at lr 5e-4 for 300 steps; the",
+            "  distillation arms and the pass rule unchanged.",
         ]
     if not r["claims"]["no_flag_defaults_to_thinking"]:
         lines.append(f"- Without a flag the fused model thinks {100 * f['no_flag/thinking_rate']:.1f}% of the time, "
                      "below this script's own 95% bar for 'thinking is the default' (not one of the issue's claims).")
     return [*(["## Not established by this run", ""] if lines else []), *lines, *([""] if lines else [])]
+
+
+def claim4_run5(r: dict) -> list[str]:
+    """Run 5's reading of claim 4: a teacher that answers under the flags, and the arms against it."""
+    d, fd = r["distillation"], r["fusion"]["data"]
+    pd = {p: {k: 100 * v for k, v in d["paired"][p].items()} for p in ("sampled", "greedy")}
+    acc = lambda arm, flag, p: 100 * d[arm][flag][p]["eval/accuracy"]  # noqa: E731
+    on, off, n_on = "offpolicy_then_onpolicy", "sft_only", r["steps"]["distill"] - r["distill_params"]["offpolicy_steps"]
+    return [
+        "- On-policy distillation (claim 4) is not established by this run. By mode (sampled, not paired):",
+        f"  /think {acc(on, 'think', 'sampled'):.1f}% vs {acc(off, 'think', 'sampled'):.1f}% for "
+        f"SFT alone, /no_think {acc(on, 'no_think', 'sampled'):.1f}% vs {acc(off, 'no_think', 'sampled'):.1f}%.",
+        f"  Unlike run 4 there was something to distill: the teacher (the fused model) answers {acc('teacher', 'think', 'greedy'):.1f}%"
+        f" of /think and {acc('teacher', 'no_think', 'greedy'):.1f}% of /no_think",
+        f"  prompts (greedy; the GRPO model {100 * r['grpo']['heldout_after']['greedy']['eval/accuracy']:.1f}% unflagged);"
+        f" the student starts at {acc('student_start', 'think', 'greedy'):.1f}% / "
+        f"{acc('student_start', 'no_think', 'greedy'):.1f}% and ends at",
+        f"  {acc(off, 'think', 'greedy'):.1f}% / {acc(off, 'no_think', 'greedy'):.1f}% after SFT alone and "
+        f"{acc(on, 'think', 'greedy'):.1f}% / {acc(on, 'no_think', 'greedy'):.1f}% after the on-policy phase (greedy, "
+        "/think / /no_think).",
+        f"  With that teacher, {n_on} on-policy steps (reverse KL to the teacher on the student's own samples, which in",
+        "  run 5 fell from 0.43 at step 21 to 0.10-0.17 by steps 61-71) did no better than as many further steps",
+        "  of SFT on the teacher's greedy responses (cross-entropy 0.06 by step 71): on-policy minus SFT alone is",
+        f"  {pd['sampled']['diff']:+.1f} ± {pd['sampled']['se']:.1f} points sampled and {pd['greedy']['diff']:+.1f} ± "
+        f"{pd['greedy']['se']:.1f} greedy (paired over problems x both modes).",
+        *([f"  The pre-registered intent, fusion on the policy's own /think replies, was not realised (0 of "
+           f"{fd['synthetic_thinking']} queries", "  kept on the flagged prompt, as foreseen in the pre-registration);"
+           " the teacher's gain over run 4 (3.5% -> "
+           f"{acc('teacher', 'think', 'greedy'):.1f}% /think)", f"  came with {r['steps']['fusion']} fusion steps"
+           " instead of 100 (and the new split)."] if fd["rejection_sampled"] == 0 else []),
+        "  No further variant is pre-registered here.",
+    ]
 
 
 def log_summary(result: dict) -> None:
