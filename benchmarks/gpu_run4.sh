@@ -31,7 +31,7 @@ c1) # part c on a one-GPU machine: 1 master x 1 GPU (session 4's call 4 ran full
     # since 99641bd each rank writes 4 files, and the model is cut to 4 layers: 2.6 GB in 4 objects)
   source benchmarks/gpu_services.sh || exit 1
   export QTRAIN_HOME=/tmp/qtrain-home
-  timeout $(left) python3 benchmarks/gpu_job_resume.py --gpus 1 --model 0.6B --n-layers 4 --steps 24 --interval 8 --kill-after 11 --out $OUT/resume_1gpu.json 2>&1 | grep -v Warning
+  timeout $(left) python3 benchmarks/gpu_job_resume.py --gpus 1 --model 0.6B --n-layers 4 --steps 16 --interval 8 --kill-after 10 --out $OUT/resume_1gpu.json 2>&1 | grep -v Warning
   ;;
 c)  # a pretraining stage as a local PyTorchJob (1 master x 2 GPUs), S3 (moto) + MLflow, one rank killed, resumed;
     # 0.6B cut to 4 layers: 2.6 GB of checkpoint, 1.3 GB per rank (moto failed a 7.2 GB object, took 1.5 GB here)
