@@ -20,7 +20,13 @@ report's thinking-mode protocol). Claims measured (protocol and thresholds fixed
     evaluations; POSTTRAIN_OUTCOMES_DEVICE=cuda runs it on a GPU.
 
 Each run's changes are pre-registered before it trains (PREREGISTERED for run 3, PREREGISTERED_RUN4 for
-run 4, PREREGISTERED_RUN5 for run 5, the committed numbers); all are rendered into benchmarks/posttrain.md.
+run 4, PREREGISTERED_RUN5 for run 5, PREREGISTERED_RUN6 for run 6, the committed numbers); all are rendered
+into benchmarks/posttrain.md. Run 6 retrains only the two distillation arms (``--reuse-from`` run 5's workdir:
+its cold start, fused teacher and teacher responses, checked by their input hashes and copied unchanged) and
+judges claim 4 on a fresh held-out set (``fresh_heldout``); sections 1-3 stay run 5's (``--previous``).
+
+    OMP_NUM_THREADS=1 python benchmarks/posttrain_outcomes.py --workdir /tmp/pt6 --reuse-from /tmp/pt5 \
+        --previous benchmarks/results/posttrain_outcomes_run5.json
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import hashlib
 import json
 import os
 import platform
+import random
 import shutil
 import subprocess
 import sys
@@ -42,7 +49,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SEQ = 80
 LEVEL = 5  # place-value addition up to hundreds (340+7): 891 distinct problems
 N_TRAIN, N_HELD = 400, 200
-RUN = 5
+RUN = 6
+FRESH_SEED = 6  # run 6: held-out problems drawn from the level-5 problems outside both seed-2 sets
 SPLIT_SEED = 2  # run 5 (PREREGISTERED_RUN5): a fresh train/held-out split; run 4: 1; runs 2-3: 0
 # run 5: rejection sampling on the /think-flagged prompt, /no_think replies = the empty think block + the bare
 # boxed answer; run 4: lr 5e-4, 8 rejection samples on unflagged prompts; runs 2-3: lr 2e-3, 4 rejection samples
@@ -57,7 +65,8 @@ N_BUDGET = 100  # held-out problems for the budget curve (7 budgets x 5 response
 GRPO = {"group_size": 8, "prompts_per_step": 8, "ppo_epochs": 2, "minibatches": 2, "max_new_tokens": 24,
         "temperature": 0.8, "top_p": 0.95, "lr": 5e-4}  # run 2: lr 1e-3
 DEVICE = os.environ.get("POSTTRAIN_OUTCOMES_DEVICE", "cpu")  # the committed numbers are CPU ones
-DISTILL = {"offpolicy_mode": "sft", "offpolicy_steps": 20, "think_ratio": 0.5, "prompts_per_step": 8,
+# run 6 (PREREGISTERED_RUN6): 40 off-policy + 40 on-policy steps; runs 3-5: 20 + 60
+DISTILL = {"offpolicy_mode": "sft", "offpolicy_steps": 40, "think_ratio": 0.5, "prompts_per_step": 8,
            "max_new_tokens": 24, "temperature": 0.8, "top_p": 0.95, "lr": 1e-3, "micro_batch": 8}
 PREREGISTERED = (
     "Pre-registered for run 3 (2026-11-29, 10:15 UTC, committed before its training started; decided from "
@@ -128,6 +137,37 @@ PREREGISTERED_RUN5 = (
     "breaks its replies: they lose the opening think tag and the sum), against 11 of 16 on the unflagged "
     "prompt. So run 5's thinking half is expected to be mostly the synthetic worked solutions (the fallback), "
     "not the policy's own replies; the plan is run as written regardless, and the kept count is reported.")
+
+
+PREREGISTERED_RUN6 = (
+    "Pre-registered for run 6 (2026-11-29, 14:56 UTC, committed before either arm trained). Run 5 did not "
+    "establish claim 4: on-policy minus SFT alone -2.1 ± 1.7 points sampled, -3.2 ± 2.0 greedy, with a teacher "
+    "that answers (fused model 41.5% /think, 31.0% /no_think greedy). Mechanism hypothesis: the Qwen3 report "
+    "applies on-policy distillation to a student that off-policy distillation has already made competent; run "
+    "5 switched to on-policy after only 20 off-policy steps, when the student's own samples are mostly wrong "
+    "or malformed, so they carry little signal. Measured before committing, on TRAINING prompts only (the "
+    "first 100 of run 5's 400; no held-out problem), from run 5's cold start with the off-policy phase alone "
+    "(SFT on the teacher's responses; its per-step loss equals run 5's arms' to the last digit, so these are "
+    "the states the arms pass through): after 20 steps the student answers 8% of /think (greedy; 3.0% sampled; "
+    "format 65%) and 5% of /no_think prompts (greedy; 5.3% sampled); after 40 steps 15% /think (13.3% sampled; "
+    "format 71%) and 15% /no_think (14.5% sampled). The teacher's own responses on all 400 training prompts "
+    "(the off-policy targets, greedy) are correct 51.3% (/think) and 35.8% (/no_think). So at step 40 the "
+    "student's samples are correct about 3-4x as often as at step 20, but the student is still far below its "
+    "teacher: this is a modest version of the report's setting, not a competent student. The ONE change: the "
+    "on-policy arm is 40 off-policy steps + 40 on-policy steps (run 5: 20 + 60); the SFT-alone arm is "
+    "unchanged (80 steps). Everything else unchanged: the student is run 5's cold-start checkpoint and the "
+    "teacher run 5's fused model, with run 5's teacher responses (reused, not retrained: every run-5 job's "
+    "input hash is recomputed against its stamp and the copies' content hashes must equal the originals'), lr "
+    "1e-3, 8 sequences per step, think ratio 0.5, rollout sampling T=0.8 / top-p 0.95 / 24 new tokens, the "
+    "evaluation protocols. Both arms are retrained from scratch with this script in a new workdir (the package "
+    "imported from the same source snapshot as run 5). Judged on fresh held-out problems: the level-5 pool has "
+    "891 problems, run 5's split (seed 2) used 400 for training and 200 held out; run 6 draws 200 of the "
+    "remaining 291 (sorted by question, random.Random(6).sample), disjoint from both sets (asserted), so no "
+    "model of the chain was trained or evaluated on them. Pass rule (unchanged): claim 4 holds only if the "
+    "sampled gain of on-policy over SFT alone, paired over the 200 fresh held-out problems (x both modes), "
+    "exceeds 2 standard errors. Run 6's arms are also reported on run 5's held-out problems, labelled as "
+    "previously seen, for continuity only. Whatever comes out is reported; run 5's results stay in "
+    "benchmarks/results/posttrain_outcomes_run5.json.")
 
 
 def job(workdir: Path, name: str, objective: dict, *, steps: int, lr: float, init: str | None,
@@ -322,6 +362,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "posttrain_outcomes.json"))
     ap.add_argument("--render", action="store_true", help="only rewrite benchmarks/posttrain.md from --out")
     ap.add_argument("--note", default="", help="a run note kept in the results (e.g. which jobs were reused)")
+    ap.add_argument("--reuse-from", default="", help="run 6: run 5's workdir, whose cold start and teacher are reused")
+    ap.add_argument("--previous", default="", help="run 6: run 5's results (sections 1-3 are kept from them)")
     args = ap.parse_args(argv)
     if args.render:
         (ROOT / "benchmarks" / "posttrain.md").write_text(render(json.loads(Path(args.out).read_text())))
@@ -339,6 +381,8 @@ def main(argv=None) -> None:
     held_q = [syn.query_record(p) for p in held]
     syn.write_jsonl(str(d / "train.jsonl"), train_q)
     syn.write_jsonl(str(d / "held.jsonl"), held_q)
+    if args.reuse_from:
+        return distill_only(args, w, train, held, t0)
     cold_report = run_coldstart(syn.coldstart_pool(train, seed=0, difficulties=[LEVEL]), str(d / "coldstart.jsonl"))
     result: dict = {"task": f"place-value addition up to hundreds (340+7); {N_TRAIN} train / {N_HELD} held-out "
                             "problems (disjoint)",
@@ -397,24 +441,9 @@ def main(argv=None) -> None:
     teach_eng, _ = engine(fusion)
     records, tstats = teacher_responses(teach_eng.model, tok, train_q, max_new_tokens=24, seq_len=SEQ, verify=False)
     syn.write_jsonl(str(d / "teacher.jsonl"), records)
-    # both arms: the same distill_onpolicy job, 8 whole sequences per optimizer step; SFT alone = every step
-    # in the off-policy phase (cross-entropy on the teacher's responses); on-policy = the first half so, then
-    # the student samples and learns the teacher's logits on its own responses (reverse KL)
-    n, dp = STEPS["distill"], DISTILL
-    distill_arm = lambda name, off: job(w, name, {"name": "distill_onpolicy", "params": {  # noqa: E731
-        "teacher": fusion, "prompts": str(d / "train.jsonl"), "offpolicy_data": str(d / "teacher.jsonl"),
-        **{k: v for k, v in dp.items() if k not in ("lr", "micro_batch", "offpolicy_steps")}, "offpolicy_steps": off}},
-        steps=n, lr=dp["lr"], init=student, mb=dp["micro_batch"])
-    sft_only, onpol = distill_arm("distill_sft", n), distill_arm("distill_onpolicy", dp["offpolicy_steps"])
-    dist: dict = {"teacher_responses": dict(tstats), "steps_each": n}
-    for name, path in (("teacher", fusion), ("student_start", student), ("sft_only", sft_only),
-                       ("offpolicy_then_onpolicy", onpol)):
-        arm = name in ("sft_only", "offpolicy_then_onpolicy")  # the teacher and the start: greedy only (context)
-        dist[name] = {flag: accuracy(path, held_q, f"/{flag}", sampled=arm) for flag in ("think", "no_think")}
-    both = lambda arm, p: dist[arm]["think"][p]["scores"] + dist[arm]["no_think"][p]["scores"]  # noqa: E731
-    dist["paired"] = {p: paired(both("offpolicy_then_onpolicy", p), both("sft_only", p)) for p in ("greedy", "sampled")}
-    result["distillation"] = dist
-    print(json.dumps(strip_scores(dist)), flush=True)
+    result["distillation"] = {"teacher_responses": dict(tstats),
+                              **distillation(w, d, student, fusion, {"heldout": held_q})["heldout"]}
+    print(json.dumps(strip_scores(result["distillation"])), flush=True)
 
     result["claims"] = claims(result)
     result = strip_scores(result)
@@ -425,6 +454,127 @@ def main(argv=None) -> None:
     (ROOT / "benchmarks" / "posttrain.md").write_text(render(result))
     log_summary(result)
     print(json.dumps(result["claims"], indent=1))
+
+
+def distill_only(args, w: Path, train: list, held: list, t0: float) -> None:
+    """Run 6: run 5's cold start (the student), fused model (the teacher) and teacher responses reused unchanged;
+    both arms retrained; claim 4 judged on fresh held-out problems; sections 1-3 kept from run 5's results."""
+    from qwen3_trainer.platform.data import synthetic as syn
+
+    prev, d = Path(args.reuse_from), w / "data"
+    for name in ("train.jsonl", "held.jsonl"):  # the same split as run 5, byte for byte
+        if (d / name).read_bytes() != (prev / "data" / name).read_bytes():
+            raise RuntimeError(f"{d / name} differs from run 5's {prev / 'data' / name}")
+    reused = reuse_run5(prev, w)
+    fresh, fresh_info = fresh_heldout(train, held)
+    fresh_q, held_q = [syn.query_record(p) for p in fresh], [syn.query_record(p) for p in held]
+    syn.write_jsonl(str(d / "fresh_held.jsonl"), fresh_q)
+    sets = distillation(w, d, str(w / "cold" / "hf"), str(w / "fusion" / "hf"),
+                        {"fresh": fresh_q, "run5_heldout": held_q})
+    result = json.loads(Path(args.previous).read_text())  # run 5's numbers for sections 1-3
+    run5 = {k: result[k] for k in ("claims", "distillation", "distill_params", "script_commit", "machine")}
+    od = sets["fresh"]["paired"]["sampled"]
+    result.update({
+        "run": RUN, "distill_params": DISTILL, "script_commit": script_commit(), "preregistered_run6": PREREGISTERED_RUN6,
+        "reused_from_run5": {"workdir": str(prev), "content_sha256": reused,
+                             "jobs": "cold start, GRPO, fusion (teacher), teacher responses; evaluations cached"},
+        "fresh_heldout": fresh_info,
+        "distillation": {"teacher_responses": run5["distillation"]["teacher_responses"], **sets["fresh"]},
+        "distillation_run5_heldout": sets["run5_heldout"], "run5": run5,
+        "claims": {**run5["claims"], "onpolicy_beats_sft_only": od["diff"] > 2 * od["se"]}})
+    result = strip_scores(result)
+    result["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(),
+                         "load_avg_1m": os.getloadavg()[0], "wall_seconds": round(time.time() - t0),
+                         "job_seconds": TIMES, **({"note": args.note} if args.note else {})}
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    (ROOT / "benchmarks" / "posttrain.md").write_text(render(result))
+    log_summary(result)
+    print(json.dumps(result["claims"], indent=1))
+
+
+def distillation(w: Path, d: Path, student: str, teacher: str, evals: dict[str, list[dict]]) -> dict[str, dict]:
+    """Both distillation arms from ``student`` against ``teacher`` (responses in ``d/teacher.jsonl``), each
+    evaluated on every held-out set in ``evals`` (teacher and student start greedy only, for context)."""
+    # both arms: the same distill_onpolicy job, 8 whole sequences per optimizer step; SFT alone = every step
+    # in the off-policy phase (cross-entropy on the teacher's responses); on-policy = the first offpolicy_steps
+    # so, then the student samples and learns the teacher's logits on its own responses (reverse KL)
+    n, dp = STEPS["distill"], DISTILL
+    distill_arm = lambda name, off: job(w, name, {"name": "distill_onpolicy", "params": {  # noqa: E731
+        "teacher": teacher, "prompts": str(d / "train.jsonl"), "offpolicy_data": str(d / "teacher.jsonl"),
+        **{k: v for k, v in dp.items() if k not in ("lr", "micro_batch", "offpolicy_steps")}, "offpolicy_steps": off}},
+        steps=n, lr=dp["lr"], init=student, mb=dp["micro_batch"])
+    sft_only, onpol = distill_arm("distill_sft", n), distill_arm("distill_onpolicy", dp["offpolicy_steps"])
+    out = {}
+    for set_name, held_q in evals.items():
+        dist: dict = {"steps_each": n}
+        for name, path in (("teacher", teacher), ("student_start", student), ("sft_only", sft_only),
+                           ("offpolicy_then_onpolicy", onpol)):
+            arm = name in ("sft_only", "offpolicy_then_onpolicy")  # the teacher and the start: greedy only
+            dist[name] = {flag: accuracy(path, held_q, f"/{flag}", sampled=arm) for flag in ("think", "no_think")}
+        dist["paired"] = {p: paired(both_modes(dist, "offpolicy_then_onpolicy", p), both_modes(dist, "sft_only", p))
+                          for p in ("greedy", "sampled")}
+        out[set_name] = dist
+    return out
+
+
+def both_modes(dist: dict, arm: str, protocol: str) -> list[float]:
+    """An arm's per-problem scores under /think then /no_think (problems x both modes, for pairing)."""
+    return dist[arm]["think"][protocol]["scores"] + dist[arm]["no_think"][protocol]["scores"]
+
+
+def level5_pool() -> list:
+    """Every level-5 problem (a in 10..990 by 10, b in 1..9: 891), as the generator writes them."""
+    from qwen3_trainer.platform.data.synthetic import Problem
+
+    return [Problem(f"What is {a}+{b}?", str(a + b), (f"{a}+{b}={a + b}",), LEVEL)
+            for a in range(10, 1000, 10) for b in range(1, 10)]
+
+
+def fresh_heldout(train: list, held: list) -> tuple[list, dict]:
+    """Run 6's held-out problems: N_HELD of the level-5 problems in neither of the split's sets (sorted by
+    question, then a seeded sample), so no model of runs 5-6 was ever evaluated or trained on them."""
+    pool = {p.question: p for p in level5_pool()}
+    if len(pool) != 891 or any(pool.get(p.question) != p for p in train + held):
+        raise RuntimeError("the level-5 pool does not hold the split's problems as the generator writes them")
+    used = {p.question for p in train} | {p.question for p in held}
+    rest = sorted(set(pool) - used)
+    fresh = [pool[q] for q in random.Random(FRESH_SEED).sample(rest, N_HELD)]
+    qs = {p.question for p in fresh}
+    if len(qs) != N_HELD or qs & {p.question for p in train} or qs & {p.question for p in held}:
+        raise RuntimeError("fresh held-out problems overlap the train or the old held-out set")
+    return fresh, {"seed": FRESH_SEED, "pool": len(pool), "outside_split": len(rest), "drawn": len(fresh),
+                   "overlap_train": 0, "overlap_old_heldout": 0}
+
+
+def content_hash(p: Path) -> str:
+    """sha256 over a file's or folder's file contents (relative names, not where it lies)."""
+    h = hashlib.sha256()
+    for f in sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]:
+        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def reuse_run5(prev: Path, w: Path) -> dict[str, str]:
+    """Run 5's cold start, fused teacher and teacher responses, copied into ``w`` unchanged: every run-5 job's
+    stamped input hash is recomputed first (the arms' stamps cover cold/hf, fusion/hf, teacher.jsonl and
+    train.jsonl as run 5 trained on them), then each copy's content hash must equal its source's."""
+    for name in ("cold", "grpo", "fusion", "distill_sft", "distill_onpolicy"):
+        cfg = yaml.safe_load((prev / name / "config.yaml").read_text())
+        if input_fingerprint(cfg, prev / name) != (prev / name / "inputs.sha256").read_text():
+            raise RuntimeError(f"{prev / name}: its inputs changed since run 5 trained it")
+    hashes = {}
+    for rel in ("cold/hf", "fusion/hf", "data/teacher.jsonl", "cold/" + EVAL_CACHE, "fusion/" + EVAL_CACHE):
+        src, dst = prev / rel, w / rel
+        if not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
+        if rel.endswith(EVAL_CACHE):
+            continue  # cached run-5 evaluations of the reused checkpoints; run 6 adds its own keys to the copy
+        hashes[rel] = content_hash(src)
+        if content_hash(dst) != hashes[rel]:
+            raise RuntimeError(f"{dst} differs from run 5's {src}")
+    return hashes
 
 
 def claims(r: dict) -> dict[str, bool]:
@@ -469,7 +619,13 @@ def render(r: dict) -> str:
         f"{m.get('job_seconds')}; this invocation: {m['wall_seconds']} s); numbers: "
         "`benchmarks/results/posttrain_outcomes.json`.",
         *([f"Run note: {m['note']}"] if m.get("note") else []),
-        *([f"**These are run {r['run']}'s numbers** (split seed {r['split_seed']}, every job trained from scratch; "
+        *([f"**Section 4 is run {r['run']}'s** (distillation only: both arms retrained, script at commit "
+           f"{r['script_commit']}, pre-registered below; claim 4 judged on {r['fresh_heldout']['drawn']} fresh held-out "
+           "problems). **Sections 1-3 are run 5's numbers** (split seed 2; its cold start, GRPO and fused models were "
+           "reused unchanged, checked by input hashes: `benchmarks/results/posttrain_outcomes_run5.json`). Runs 3 and 4: "
+           "`posttrain_outcomes_run3.json`, `posttrain_outcomes_run4.json`, summarised below."]
+          if "preregistered_run6" in r else
+          [f"**These are run {r['run']}'s numbers** (split seed {r['split_seed']}, every job trained from scratch; "
            f"script at commit {r['script_commit']}, its pre-registration). Runs 3 and 4: "
            "`benchmarks/results/posttrain_outcomes_run3.json`, `posttrain_outcomes_run4.json`, summarised below."]
           if "run" in r else []),
@@ -511,6 +667,9 @@ def render(r: dict) -> str:
               f"**{ok('accuracy_non_decreasing_in_budget')}**.",
               "", f"## 4. Strong-to-weak distillation ({d['steps_each']} steps each arm, same student start, "
               f"same batch)", "", f"Settings: {r['distill_params']}.", "",
+              *([f"Run {r['run']}, on the {r['fresh_heldout']['drawn']} fresh held-out problems (level-5 problems in "
+                 "neither run 5's training nor its held-out set; the pass rule uses only these):", ""]
+                if "fresh_heldout" in r else []),
               "| model | /think greedy | /think sampled | /no_think greedy | /no_think sampled |",
               "|---|---|---|---|---|"]
     for key in ("teacher", "student_start", "sft_only", "offpolicy_then_onpolicy"):
@@ -520,8 +679,33 @@ def render(r: dict) -> str:
               f"{pts(d['paired']['greedy'])}, sampled {pts(d['paired']['sampled'])}.",
               f"Claim 'on-policy distillation beats SFT alone for the same steps' (sampled): "
               f"**{ok('onpolicy_beats_sft_only')}**.", ""]
+    if "distillation_run5_heldout" in r:
+        lines += previously_seen(r)
     lines += notes(r)
     return "\n".join(lines)
+
+
+def previously_seen(r: dict) -> list[str]:
+    """Run 6's arms on run 5's held-out problems (seen before: for continuity only, not the pass rule)."""
+    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
+    pts = lambda p: f"{100 * p['diff']:+.1f} ± {100 * p['se']:.1f}"  # noqa: E731
+    d5, r5 = r["distillation_run5_heldout"], r["run5"]["distillation"]
+    rows = [("teacher", d5["teacher"]), ("student_start", d5["student_start"]),
+            (f"sft_only (run {r['run']})", d5["sft_only"]),
+            (f"offpolicy_then_onpolicy (run {r['run']}, {r['distill_params']['offpolicy_steps']} off-policy)",
+             d5["offpolicy_then_onpolicy"]),
+            ("sft_only (run 5)", r5["sft_only"]),
+            (f"offpolicy_then_onpolicy (run 5, {r['run5']['distill_params']['offpolicy_steps']} off-policy)",
+             r5["offpolicy_then_onpolicy"])]
+    return ["Continuity only, NOT the pass rule: the same models on run 5's 200 held-out problems (previously seen: "
+            "run 5's claim-4 result was read on them before run 6 was planned).", "",
+            "| model | /think greedy | /think sampled | /no_think greedy | /no_think sampled |", "|---|---|---|---|---|",
+            *(f"| {name} | " + " | ".join(pct(x[flag][p]["eval/accuracy"]) if p in x[flag] else "-"
+                                          for flag in ("think", "no_think") for p in ("greedy", "sampled")) + " |"
+              for name, x in rows),
+            "", f"On-policy minus SFT-only there: run {r['run']} greedy {pts(d5['paired']['greedy'])}, sampled "
+            f"{pts(d5['paired']['sampled'])}; run 5 greedy {pts(r5['paired']['greedy'])}, sampled "
+            f"{pts(r5['paired']['sampled'])}.", ""]
 
 
 def notes(r: dict) -> list[str]:
@@ -533,8 +717,9 @@ def notes(r: dict) -> list[str]:
     quarters = r["grpo"].get("train_math_reward_by_quarter")
     on_flag = r.get("fusion_params", {}).get("rejection_prompt_flag")
     return [
-        "## Pre-registration of this run",
-        "",
+        *(["## Pre-registration of run 6", "", r["preregistered_run6"], "",
+           "## Pre-registration of run 5 (sections 1-3, and the distillation settings run 6 keeps)", ""]
+          if "preregistered_run6" in r else ["## Pre-registration of this run", ""]),
         *([r["preregistered_run5"], "", "Run 4's pre-registration, whose settings run 5 keeps unless named above:", ""]
           if "preregistered_run5" in r else []),
         *([r["preregistered_run4"], "", "Run 3's pre-registration, whose settings run 4 keeps unless named above:", ""]
@@ -561,7 +746,10 @@ def notes(r: dict) -> list[str]:
            "of unflagged prompts (greedy) against the GRPO model's 63.5%; budget curve flat near zero (1.0% greedy",
            "unbudgeted); distillation on-policy minus SFT-only -0.4 ± 0.8 sampled, -0.2 ± 1.0 greedy. Claims 1-3",
            "held, claim 4 did not.", ""] if "preregistered_run5" in r else []),
-        *([f"This invocation (run {r['run']}) trained every job from scratch on the seed-{r['split_seed']} split "
+        *([f"This invocation (run {r['run']}) retrained both distillation arms in a new workdir from run 5's cold "
+           "start, against run 5's fused model and its teacher responses (copied unchanged, content hashes in the "
+           "results), and evaluated them on fresh held-out problems.", ""] if "preregistered_run6" in r else
+          [f"This invocation (run {r['run']}) trained every job from scratch on the seed-{r['split_seed']} split "
            "in a new workdir.", ""] if "run" in r else
           ["This invocation (run 4) trained every job from scratch on the seed-1 split in a new workdir.", ""]
           if "preregistered_run4" in r else
@@ -652,7 +840,9 @@ def next_steps(r: dict) -> list[str]:
     lines = []
     if not r["claims"]["grpo_raises_heldout_accuracy"]:
         lines.append("- GRPO (claim 1) is not established by this run; see the training curve above.")
-    if not r["claims"]["onpolicy_beats_sft_only"] and "preregistered_run5" in r:
+    if not r["claims"]["onpolicy_beats_sft_only"] and "preregistered_run6" in r:
+        lines += claim4_run6(r)
+    elif not r["claims"]["onpolicy_beats_sft_only"] and "preregistered_run5" in r:
         lines += claim4_run5(r)
     elif not r["claims"]["onpolicy_beats_sft_only"]:
         on, off = "offpolicy_then_onpolicy", "sft_only"
@@ -711,6 +901,23 @@ def claim4_run5(r: dict) -> list[str]:
            " the teacher's gain over run 4 (3.5% -> "
            f"{acc('teacher', 'think', 'greedy'):.1f}% /think)", f"  came with {r['steps']['fusion']} fusion steps"
            " instead of 100 (and the new split)."] if fd["rejection_sampled"] == 0 else []),
+        "  No further variant is pre-registered here.",
+    ]
+
+
+def claim4_run6(r: dict) -> list[str]:
+    """Run 6's reading of claim 4 (fresh held-out problems), when it does not hold."""
+    d = r["distillation"]
+    pd = {p: {k: 100 * v for k, v in d["paired"][p].items()} for p in ("sampled", "greedy")}
+    acc = lambda arm, flag, p: 100 * d[arm][flag][p]["eval/accuracy"]  # noqa: E731
+    on, off, n_off = "offpolicy_then_onpolicy", "sft_only", r["distill_params"]["offpolicy_steps"]
+    return [
+        "- On-policy distillation (claim 4) is not established by run 6 either. By mode (sampled, not paired, fresh "
+        f"held-out set): /think {acc(on, 'think', 'sampled'):.1f}% vs {acc(off, 'think', 'sampled'):.1f}% for SFT "
+        f"alone, /no_think {acc(on, 'no_think', 'sampled'):.1f}% vs {acc(off, 'no_think', 'sampled'):.1f}%.",
+        f"  With the on-policy phase starting from the step-{n_off} student (instead of step 20), on-policy minus SFT "
+        f"alone is {pd['sampled']['diff']:+.1f} ± {pd['sampled']['se']:.1f} points sampled and "
+        f"{pd['greedy']['diff']:+.1f} ± {pd['greedy']['se']:.1f} greedy on the fresh problems.",
         "  No further variant is pre-registered here.",
     ]
 
