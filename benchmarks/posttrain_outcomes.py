@@ -447,6 +447,11 @@ def main(argv=None) -> None:
 
     result["claims"] = claims(result)
     result = strip_scores(result)
+    write_results(args, result, t0)
+
+
+def write_results(args, result: dict, t0: float) -> None:
+    """The machine record, then the results json, the regenerated posttrain.md and the MLflow summary."""
     result["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(),
                          "load_avg_1m": os.getloadavg()[0], "wall_seconds": round(time.time() - t0),
                          "job_seconds": TIMES, **({"note": args.note} if args.note else {})}
@@ -483,13 +488,7 @@ def distill_only(args, w: Path, train: list, held: list, t0: float) -> None:
         "distillation_run5_heldout": sets["run5_heldout"], "run5": run5,
         "claims": {**run5["claims"], "onpolicy_beats_sft_only": od["diff"] > 2 * od["se"]}})
     result = strip_scores(result)
-    result["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(),
-                         "load_avg_1m": os.getloadavg()[0], "wall_seconds": round(time.time() - t0),
-                         "job_seconds": TIMES, **({"note": args.note} if args.note else {})}
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    (ROOT / "benchmarks" / "posttrain.md").write_text(render(result))
-    log_summary(result)
-    print(json.dumps(result["claims"], indent=1))
+    write_results(args, result, t0)
 
 
 def distillation(w: Path, d: Path, student: str, teacher: str, evals: dict[str, list[dict]]) -> dict[str, dict]:
