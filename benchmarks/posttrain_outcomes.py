@@ -171,10 +171,10 @@ PREREGISTERED_RUN6 = (
 
 
 def job(workdir: Path, name: str, objective: dict, *, steps: int, lr: float, init: str | None,
-        data: dict | None = None, mb: int = 4) -> str:
-    """Run one ``qtrain train`` job; returns its exported HF checkpoint."""
+        data: dict | None = None, mb: int = 4, layers: int | None = None) -> str:
+    """Run one ``qtrain train`` job (``layers``: debugmodel cut to that depth); returns its exported HF checkpoint."""
     out = workdir / name
-    cfg = {"model": {"flavor": "debugmodel"},
+    cfg = {"model": {"flavor": "debugmodel", **({"n_layers": layers} if layers else {})},
            "training": {"steps": steps, "micro_batch_size": mb, "seq_len": SEQ, "seed": 0, "device": DEVICE},
            "optimizer": {"lr": lr, "weight_decay": 0.0}, "lr": {"schedule": "constant"},
            "objective": objective, "init": {"path": init},
@@ -491,7 +491,8 @@ def distill_only(args, w: Path, train: list, held: list, t0: float) -> None:
     write_results(args, result, t0)
 
 
-def distillation(w: Path, d: Path, student: str, teacher: str, evals: dict[str, list[dict]]) -> dict[str, dict]:
+def distillation(w: Path, d: Path, student: str, teacher: str, evals: dict[str, list[dict]],
+                 layers: int | None = None) -> dict[str, dict]:
     """Both distillation arms from ``student`` against ``teacher`` (responses in ``d/teacher.jsonl``), each
     evaluated on every held-out set in ``evals`` (teacher and student start greedy only, for context)."""
     # both arms: the same distill_onpolicy job, 8 whole sequences per optimizer step; SFT alone = every step
@@ -501,7 +502,7 @@ def distillation(w: Path, d: Path, student: str, teacher: str, evals: dict[str, 
     distill_arm = lambda name, off: job(w, name, {"name": "distill_onpolicy", "params": {  # noqa: E731
         "teacher": teacher, "prompts": str(d / "train.jsonl"), "offpolicy_data": str(d / "teacher.jsonl"),
         **{k: v for k, v in dp.items() if k not in ("lr", "micro_batch", "offpolicy_steps")}, "offpolicy_steps": off}},
-        steps=n, lr=dp["lr"], init=student, mb=dp["micro_batch"])
+        steps=n, lr=dp["lr"], init=student, mb=dp["micro_batch"], layers=layers)
     sft_only, onpol = distill_arm("distill_sft", n), distill_arm("distill_onpolicy", dp["offpolicy_steps"])
     out = {}
     for set_name, held_q in evals.items():

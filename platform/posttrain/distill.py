@@ -8,7 +8,10 @@ the full vocabulary at every response token (the teacher's logits are computed o
 ``distill_onpolicy`` (drives its own loop): the student samples responses to prompts flagged
 ``/think`` or ``/no_think`` (``think_ratio``; ``temperature`` / ``top_p`` set the sampling), and
 minimises the per-token reverse KL KL(student || teacher) over the full vocabulary at each sampled
-position. With ``offpolicy_data`` and ``offpolicy_steps`` it first runs that many off-policy steps
+position. ``teacher_temperature`` τ sharpens (τ < 1) the target: the teacher's distribution is
+softmax(teacher logits / τ), the student's is taken at temperature 1; τ = 1 (the default) is the plain
+reverse KL. A τ below 1 targets the teacher's lower-temperature policy, the one evaluated when the
+student is sampled at T < 1 or greedily (as SFT on the teacher's greedy responses does). With ``offpolicy_data`` and ``offpolicy_steps`` it first runs that many off-policy steps
 on the teacher's responses (``offpolicy_mode``: ``kl`` = forward KL to the teacher's logits, ``sft`` =
 cross-entropy on its tokens), so one job does the report's two phases in order.
 
@@ -116,7 +119,11 @@ class DistillOnPolicy:
     def __init__(self, teacher: str, prompts: str | list[str], *, offpolicy_data: str | list[str] | None = None,
                  offpolicy_steps: int = 0, offpolicy_mode: str = "kl", think_ratio: float = 0.5, samples_per_prompt: int = 1,
                  prompts_per_step: int = 8, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
-                 eval_queries: str | list[str] | None = None, eval_size: int = 64, seed: int = 0):
+                 eval_queries: str | list[str] | None = None, eval_size: int = 64, seed: int = 0,
+                 teacher_temperature: float = 1.0):
+        if not teacher_temperature > 0:
+            raise ValueError(f"distill_onpolicy: teacher_temperature must be > 0, got {teacher_temperature!r}")
+        self.teacher_temperature = float(teacher_temperature)
         if offpolicy_steps and not offpolicy_data:
             raise ValueError("distill_onpolicy: offpolicy_steps needs params.offpolicy_data")
         if offpolicy_mode not in ("kl", "sft"):
@@ -138,8 +145,10 @@ class DistillOnPolicy:
             per_tok = -losses.token_logprobs(logits, batch["labels"])
         else:
             teacher = _teacher_logits(ctx, self.teacher, logits, batch["input_ids"])
-            kl_fn = losses.reverse_kl if batch.get("kl") == "reverse" else losses.forward_kl
-            per_tok = kl_fn(logits, teacher, mask)
+            if batch.get("kl") == "reverse":  # on-policy phase: the target is the teacher at temperature τ
+                per_tok = losses.reverse_kl(logits, teacher.float() / self.teacher_temperature, mask)
+            else:
+                per_tok = losses.forward_kl(logits, teacher, mask)
         total = per_tok.sum()
         key = "ce_sum" if batch.get("kl") == "sft" else "kl_sum"
         return total / normalizer, {key: float(total.detach()), "tokens": float(mask.sum())}

@@ -1,6 +1,8 @@
 """Held-out evaluation bookkeeping (k samples per problem, per-response scores) and the on-policy
 distiller's off-policy SFT phase, by hand."""
 
+import math
+
 import pytest
 import torch
 
@@ -53,3 +55,23 @@ def test_onpolicy_distiller_sft_phase_is_cross_entropy():
     ce = torch.nn.functional.cross_entropy(logits.view(-1, 11), labels.view(-1), ignore_index=losses.IGNORE,
                                            reduction="sum")
     assert torch.allclose(loss, ce / 4.0) and metrics == {"ce_sum": pytest.approx(float(ce)), "tokens": 4.0}
+
+
+def test_onpolicy_reverse_kl_targets_the_teacher_at_its_temperature():
+    """teacher_temperature τ: KL(student || softmax(teacher / τ)) per sampled token, by hand on 2 tokens."""
+    with pytest.raises(ValueError, match="teacher_temperature must be > 0"):
+        DistillOnPolicy("t", "p", teacher_temperature=0)
+
+    class Ctx:
+        reference = staticmethod(lambda ids: torch.log(torch.tensor([[[0.6, 0.4], [0.5, 0.5]]])))
+
+    student = torch.zeros(1, 2, 2)  # p = (.5, .5) at both positions
+    labels = torch.tensor([[0, losses.IGNORE]])
+    batch = {"labels": labels, "input_ids": labels.clamp(min=0), "kl": "reverse"}
+    for tau in (1.0, 0.5):
+        t = torch.tensor([0.6, 0.4]) ** (1 / tau)
+        t = t / t.sum()  # softmax(log p / τ)
+        want = float((0.5 * torch.log(0.5 / t)).sum())
+        loss, m = DistillOnPolicy("t", "p", teacher_temperature=tau).loss(student, batch, 1.0, Ctx())
+        assert loss.item() == pytest.approx(want, abs=1e-6) and m["tokens"] == 1.0
+    assert want > 0.5 * math.log(0.5 / 0.6) + 0.5 * math.log(0.5 / 0.4)  # the sharper target is further away
