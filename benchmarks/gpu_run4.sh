@@ -20,6 +20,15 @@ m)  # the 2-GPU layouts alone, against the one-GPU references of part s (committ
   timeout $(left) $MG parity --only multi --reference $REF --models 30B-A3B-8L --gpus 2 --steps 20 --out $OUT/parity_moe.json 2>&1 | grep -v Warning
   timeout $(left) $MG parity --only multi --reference $REF --models 1.7B --gpus 2 --steps 20 --out $OUT/parity_1.7B.json 2>&1 | grep -v Warning
   ;;
+p)  # session 5: every 1.7B run (references and 2-GPU layouts) from one shared DCP init (write_init), PP under autocast
+  timeout $(left) $MG parity --models 1.7B --gpus 2 --steps 20 --out $OUT/parity_1.7B_init.json 2>&1 | grep -v Warning
+  ;;
+q)  # session 5: the same for the MoE shape
+  timeout $(left) $MG parity --models 30B-A3B-8L --gpus 2 --steps 20 --out $OUT/parity_moe_init.json 2>&1 | grep -v Warning
+  ;;
+t)  # session 5: MoE tp2 against one GPU in fp32 compute, 6 steps (bf16: tp2 left the reference at step 4)
+  timeout $(left) $MG parity --models 30B-A3B-8L --gpus 2 --steps 6 --fp32 --layouts single,single-repeat,tp2 --workdir /tmp/qwen3-mg-fp32 --out $OUT/parity_moe_tp2_fp32.json 2>&1 | grep -v Warning
+  ;;
 s)  # on a one-GPU machine (x2 withdrawn): the one-GPU references of the parity runs, then part c with 1 GPU
   nvidia-smi -L; python3 -c 'import torch; print(torch.__version__, torch.cuda.device_count())'
   timeout $(left) $MG parity --only single --models 1.7B,30B-A3B-8L --gpus 2 --steps 20 --out $OUT/parity_single.json 2>&1 | grep -v Warning

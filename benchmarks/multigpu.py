@@ -83,21 +83,41 @@ def reference_of(layout: Layout) -> str:
     return "single-untied" if layout.model.get("tie_embeddings") is False else "single"
 
 
-def precision_of(layout: Layout, device: str) -> str:
-    if device != "cuda":
+def precision_of(layout: Layout, device: str, fp32: bool = False) -> str:
+    if device != "cuda" or fp32:
         return "fp32"
     fsdp = layout.parallelism.get("dp_shard", 1) > 1
     return "fp32 master, bf16 compute (FSDP mixed precision)" if fsdp else "fp32 master, bf16 compute (autocast)"
 
 
+def write_init(path: Path, flavor: str, model: dict, device: str) -> str:
+    """One seeded full init of ``flavor`` with a layout's model overrides, saved as a DCP checkpoint that every
+    parity run of that variant loads (``init.path``), so all layouts start from the same weights: the trainer
+    inits a model of more than 2e9 parameters rank by rank, which gives each layout other weights."""
+    if not (path / ".metadata").exists():
+        code = ("import json, sys\n"
+                "from qwen3_trainer.model.build import build_model\n"
+                "from qwen3_trainer.model.dcp_io import save_model_dcp\n"
+                "from qwen3_trainer.model.flavors import get_flavor\n"
+                "a, m = get_flavor(sys.argv[1]), json.loads(sys.argv[2])\n"
+                "if m.get('tie_embeddings') is not None: a.enable_weight_tying = m['tie_embeddings']\n"
+                "if m.get('n_layers') is not None: a.n_layers = m['n_layers']\n"
+                "save_model_dcp(build_model(a, device=sys.argv[3], seed=0), sys.argv[4])\n")
+        env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0"} if device == "cuda" else dict(os.environ)
+        subprocess.run([sys.executable, "-c", code, flavor, json.dumps(model), device, str(path)], env=env,
+                       check=True)
+    return str(path)
+
+
 def write_config(path: Path, data: Path, flavor: str, *, steps: int, seq: int, mb: int, accum: int,
-                 parallelism: dict, model: dict, device: str, bench: bool = False, ac: bool = False) -> Path:
+                 parallelism: dict, model: dict, device: str, bench: bool = False, ac: bool = False,
+                 init: str | None = None, fp32: bool = False) -> Path:
     training = {"steps": steps, "micro_batch_size": mb, "grad_accum": accum, "seq_len": seq, "seed": 0,
                 "device": device}
     if bench:  # the BENCHMARKS.md settings: pure bf16 weights and optimizer, compiled blocks
         training.update(dtype="bfloat16", param_dtype="bfloat16")
-    elif device == "cuda":  # parity: fp32 master weights, bf16 compute
-        training.update(dtype="float32", param_dtype="bfloat16")
+    elif device == "cuda":  # parity: fp32 master weights, bf16 compute (--fp32: fp32 compute)
+        training.update(dtype="float32", param_dtype="float32" if fp32 else "bfloat16")
     cfg = {
         "model": {"flavor": flavor, **model},
         "training": training,
@@ -109,6 +129,7 @@ def write_config(path: Path, data: Path, flavor: str, *, steps: int, seq: int, m
         "compile": bench,
         "checkpoint": {"dir": None},
         "dump_dir": str(path.parent / "run"),
+        **({"init": {"path": init, "format": "dcp"}} if init else {}),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(path.parent / "run", ignore_errors=True)  # a rerun must not append to old metrics
@@ -188,7 +209,8 @@ def cmd_parity(a) -> dict:
     work, device = Path(a.workdir), a.device
     data = corpus(work)
     settings = {"steps": a.steps, "seq": a.seq, "global_rows": 2 * a.gpus,
-                "precision": "fp32 master weights, bf16 compute" if device == "cuda" else "fp32"}
+                "precision": "fp32 master weights, bf16 compute" if device == "cuda" and not a.fp32 else "fp32",
+                "init": "one seeded DCP init per model variant, loaded by every run (write_init)"}
     earlier = _references(a.reference, settings)
     results = []
     for flavor in a.models.split(","):
@@ -196,14 +218,21 @@ def cmd_parity(a) -> dict:
         ones = [n for n, lay in table.items() if lay.processes == 1]
         if a.only == "single":  # the references alone (a one-GPU machine); the layouts later with --reference
             table = {n: table[n] for n in ones}
-        elif a.only == "multi":
+        if a.layouts:  # a subset (with the references it needs)
+            keep = set(a.layouts.split(","))
+            keep |= {reference_of(table[k]) for k in keep if k in table}
+            table = {n: lay for n, lay in table.items() if n in keep}
+            ones = [n for n in ones if n in table]
+        if a.only == "multi":
             missing = [n for n in ones if not earlier.get((flavor, n), {}).get("losses")]
             if missing:
                 raise SystemExit(f"--only multi: no {flavor} {', '.join(missing)} curves in --reference files")
             table, ones = {n: lay for n, lay in table.items() if lay.processes > 1}, []
+        inits = {reference_of(lay): write_init(work / flavor / f"init-{reference_of(lay)}", flavor, lay.model, device)
+                 for lay in table.values()}
         cfgs = {name: write_config(work / flavor / name / "cfg.yaml", data, flavor, steps=a.steps, seq=a.seq,
                                    mb=lay.mb, accum=lay.accum, parallelism=lay.parallelism, model=lay.model,
-                                   device=device, ac=lay.ac)
+                                   device=device, ac=lay.ac, init=inits[reference_of(lay)], fp32=a.fp32)
                 for name, lay in table.items()}
         errors: dict[str, str | None] = {}
         seconds: dict[str, float] = {}
@@ -229,7 +258,7 @@ def cmd_parity(a) -> dict:
             ref_name = reference_of(lay)
             ref, got = curves.get(ref_name, []), curves[name]
             row = {"model": flavor, "layout": name, "reference": ref_name, "processes": lay.processes,
-                   "parallelism": lay.parallelism, "precision": precision_of(lay, device), "losses": got,
+                   "parallelism": lay.parallelism, "precision": precision_of(lay, device, a.fp32), "losses": got,
                    "wall_s": seconds[name], "error": errors[name]}
             if name not in (ref_name, "single-repeat"):
                 if got and ref and len(got) == len(ref):
@@ -300,6 +329,8 @@ def main() -> None:
     par.add_argument("--only", default="all", choices=["all", "single", "multi"],
                      help="single: the one-GPU references only; multi: the N-GPU layouts, references from --reference")
     par.add_argument("--reference", action="append", default=[], help="an earlier parity JSON (repeatable)")
+    par.add_argument("--layouts", default="", help="only these layouts (and their references), e.g. single,tp2")
+    par.add_argument("--fp32", action="store_true", help="fp32 compute (separates layout bugs from bf16 numerics)")
     sc = sub.choices["scaling"]
     sc.add_argument("--model", default="8B")
     sc.add_argument("--n-layers", type=int, default=None)

@@ -248,10 +248,11 @@ class Trainer:
             labels = torch.cat([b["labels"] for b in batches])
             losses: list[torch.Tensor] = []
             target = labels if self.pp_last else None
-            if self.pp_first:
-                self.pp_schedule.step(inputs, target=target, losses=losses if self.pp_last else None)
-            else:
-                self.pp_schedule.step(target=target, losses=losses if self.pp_last else None)
+            with self.amp():  # without FSDP the stages compute in bf16 by autocast too, as one device does
+                if self.pp_first:
+                    self.pp_schedule.step(inputs, target=target, losses=losses if self.pp_last else None)
+                else:
+                    self.pp_schedule.step(target=target, losses=losses if self.pp_last else None)
             if self.pp_last:
                 loss = torch.stack(losses).sum().detach()
             dist.all_reduce(loss, group=self.pdims.get_mesh("pp").get_group())

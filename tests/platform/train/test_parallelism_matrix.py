@@ -68,3 +68,19 @@ def test_layout_matches_single_process(name, tmp_path, corpus, single):
     assert max(diffs) <= TOL_BY_LAYOUT.get(name, TOL), f"{name}: single {ref} vs {got}"
     assert got[-1] < got[0]  # it trains
     compare_baseline(name, got)
+
+
+def test_pipeline_stages_compute_in_bf16_like_one_device(tmp_path, corpus):
+    """fp32 weights with bf16 compute (param_dtype bfloat16) and no FSDP: one device runs under autocast, and so
+    must the pipeline stages (they once ran in fp32). pp2's curve equals the one-device bf16 curve and not the
+    fp32 one, which differs from it by more than the tolerance on this model."""
+    curves = {}
+    for name, par, nproc, dtype in (("single-bf16", {}, 1, "bfloat16"), ("single-fp32", {}, 1, "float32"),
+                                    ("pp2-bf16", {"pp": 2, "dp_shard": 1}, 2, "bfloat16")):
+        cfg = write_config(tmp_path / name / "cfg.yaml", corpus, model_extra=UNTIED, parallelism=par,
+                           training={"param_dtype": dtype, "dtype": "float32"})
+        run_train(cfg, nproc=nproc)
+        curves[name] = losses(cfg)
+    gap = lambda a, b: max(abs(x - y) for x, y in zip(curves[a], curves[b], strict=True))  # noqa: E731
+    assert gap("single-bf16", "single-fp32") > 5e-5  # bf16 compute is visible on this model
+    assert gap("pp2-bf16", "single-bf16") <= 1e-5, curves
