@@ -9,6 +9,11 @@ using torchtitan's own functions, plus two fixes for 0.2.2:
   0.2.2 puts it in two, which raises on torch 2.13 and silently drops the output's gradient on
   2.11. It stays in the root group here (see ``apply_fsdp``).
 * Gradient scale: FSDP's division is disabled; the objective divides by the global token count.
+* MoE under tensor parallelism without EP, with the router scores applied after the experts (Qwen3):
+  each TP rank holds a slice of every expert's hidden dim, so the gradient reaching the router scores
+  from the combine is a partial sum per rank; 0.2.2 keeps the router replicated and never sums it, so
+  each rank's router took its own partial gradient (losses left one device from the second step). The
+  scores' gradient is summed over the TP group here (``sum_router_score_grads``).
 """
 
 from __future__ import annotations
@@ -151,6 +156,8 @@ def parallelize(model: nn.Module, parallel_dims, job_config, cfg: TrainConfig) -
                         ep_mesh=parallel_dims.get_optional_mesh("ep"),
                         etp_mesh=parallel_dims.get_optional_mesh("etp"),
                         ep_etp_mesh=parallel_dims.get_optional_mesh(["ep", "etp"]), dual_pipe_v=False)
+    if parallel_dims.tp_enabled and not parallel_dims.ep_enabled:
+        sum_router_score_grads(model, parallel_dims.get_mesh("tp").get_group())
     if cfg.activation_checkpointing != "none":
         apply_ac(model, job_config.activation_checkpoint, model_compile_enabled=cfg.compile,
                  op_sac_save_list=_op_sac_save_list)
@@ -167,6 +174,38 @@ def parallelize(model: nn.Module, parallel_dims, job_config, cfg: TrainConfig) -
 
         apply_ddp(model, parallel_dims.get_mesh("dp_replicate"), enable_compile=cfg.compile)
     return model
+
+
+class _SumGradOverGroup(torch.autograd.Function):
+    """Identity forward; backward sums the gradient over ``group`` (each rank holds a partial sum)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, group) -> torch.Tensor:
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
+def sum_router_score_grads(model: nn.Module, tp_group) -> int:
+    """TP without EP, scores after the experts: sum the router scores' gradient over the TP group (see the
+    module docstring). Returns how many MoE layers got the hook."""
+    n = 0
+    for block in getattr(model, "layers", {}).values():
+        moe = getattr(block, "moe", None) if getattr(block, "moe_enabled", False) else None
+        if moe is None or moe.score_before_experts:
+            continue
+
+        def hook(_module, _inputs, out):
+            return (_SumGradOverGroup.apply(out[0], tp_group), *out[1:])
+
+        moe.router.register_forward_hook(hook)
+        n += 1
+    return n
 
 
 def ddp_grad_scale(parallel_dims) -> float:
