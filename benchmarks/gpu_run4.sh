@@ -29,6 +29,9 @@ q)  # session 5: the same for the MoE shape
 t)  # session 5: MoE tp2 against one GPU in fp32 compute, 6 steps (bf16: tp2 left the reference at step 4)
   timeout $(left) $MG parity --models 30B-A3B-8L --gpus 2 --steps 6 --fp32 --layouts single,single-repeat,tp2 --workdir /tmp/qwen3-mg-fp32 --out $OUT/parity_moe_tp2_fp32.json 2>&1 | grep -v Warning
   ;;
+r)  # session 5, after the TP router-gradient fix: MoE tp2 against one GPU (bf16 compute, shared init), 10 steps
+  timeout $(left) $MG parity --models 30B-A3B-8L --gpus 2 --steps 10 --layouts single,single-repeat,tp2 --workdir /tmp/qwen3-mg-r --out $OUT/parity_moe_tp2_fixed.json 2>&1 | grep -v Warning
+  ;;
 s)  # on a one-GPU machine (x2 withdrawn): the one-GPU references of the parity runs, then part c with 1 GPU
   nvidia-smi -L; python3 -c 'import torch; print(torch.__version__, torch.cuda.device_count())'
   timeout $(left) $MG parity --only single --models 1.7B,30B-A3B-8L --gpus 2 --steps 20 --out $OUT/parity_single.json 2>&1 | grep -v Warning
