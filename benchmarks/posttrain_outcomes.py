@@ -144,36 +144,7 @@ PREREGISTERED_RUN5 = (
     "not the policy's own replies; the plan is run as written regardless, and the kept count is reported.")
 
 
-PREREGISTERED_RUN6 = (
-    "Pre-registered for run 6 (2026-11-29, 14:56 UTC, committed before either arm trained). Run 5 did not "
-    "establish claim 4: on-policy minus SFT alone -2.1 ± 1.7 points sampled, -3.2 ± 2.0 greedy, with a teacher "
-    "that answers (fused model 41.5% /think, 31.0% /no_think greedy). Mechanism hypothesis: the Qwen3 report "
-    "applies on-policy distillation to a student that off-policy distillation has already made competent; run "
-    "5 switched to on-policy after only 20 off-policy steps, when the student's own samples are mostly wrong "
-    "or malformed, so they carry little signal. Measured before committing, on TRAINING prompts only (the "
-    "first 100 of run 5's 400; no held-out problem), from run 5's cold start with the off-policy phase alone "
-    "(SFT on the teacher's responses; its per-step loss equals run 5's arms' to the last digit, so these are "
-    "the states the arms pass through): after 20 steps the student answers 8% of /think (greedy; 3.0% sampled; "
-    "format 65%) and 5% of /no_think prompts (greedy; 5.3% sampled); after 40 steps 15% /think (13.3% sampled; "
-    "format 71%) and 15% /no_think (14.5% sampled). The teacher's own responses on all 400 training prompts "
-    "(the off-policy targets, greedy) are correct 51.3% (/think) and 35.8% (/no_think). So at step 40 the "
-    "student's samples are correct about 3-4x as often as at step 20, but the student is still far below its "
-    "teacher: this is a modest version of the report's setting, not a competent student. The ONE change: the "
-    "on-policy arm is 40 off-policy steps + 40 on-policy steps (run 5: 20 + 60); the SFT-alone arm is "
-    "unchanged (80 steps). Everything else unchanged: the student is run 5's cold-start checkpoint and the "
-    "teacher run 5's fused model, with run 5's teacher responses (reused, not retrained: every run-5 job's "
-    "input hash is recomputed against its stamp and the copies' content hashes must equal the originals'), lr "
-    "1e-3, 8 sequences per step, think ratio 0.5, rollout sampling T=0.8 / top-p 0.95 / 24 new tokens, the "
-    "evaluation protocols. Both arms are retrained from scratch with this script in a new workdir (the package "
-    "imported from the same source snapshot as run 5). Judged on fresh held-out problems: the level-5 pool has "
-    "891 problems, run 5's split (seed 2) used 400 for training and 200 held out; run 6 draws 200 of the "
-    "remaining 291 (sorted by question, random.Random(6).sample), disjoint from both sets (asserted), so no "
-    "model of the chain was trained or evaluated on them. Pass rule (unchanged): claim 4 holds only if the "
-    "sampled gain of on-policy over SFT alone, paired over the 200 fresh held-out problems (x both modes), "
-    "exceeds 2 standard errors. Run 6's arms are also reported on run 5's held-out problems, labelled as "
-    "previously seen, for continuity only. Whatever comes out is reported; run 5's results stay in "
-    "benchmarks/results/posttrain_outcomes_run5.json.")
-
+# run 6's pre-registration (78b24a7) lives in its results: posttrain_outcomes_run6.json, key preregistered_run6
 
 PREREGISTERED_RUN7 = (
     "Pre-registered for run 7 (2026-11-29, 17:14 UTC, committed before either arm trained; pilots listed below). "

@@ -11,7 +11,9 @@ minimises the per-token reverse KL KL(student || teacher) over the full vocabula
 position. ``teacher_temperature`` τ sharpens (τ < 1) the target: the teacher's distribution is
 softmax(teacher logits / τ), the student's is taken at temperature 1; τ = 1 (the default) is the plain
 reverse KL. A τ below 1 targets the teacher's lower-temperature policy, the one evaluated when the
-student is sampled at T < 1 or greedily (as SFT on the teacher's greedy responses does). With ``offpolicy_data`` and ``offpolicy_steps`` it first runs that many off-policy steps
+student is sampled at T < 1 or greedily (as SFT on the teacher's greedy responses does).
+
+With ``offpolicy_data`` and ``offpolicy_steps`` it first runs that many off-policy steps
 on the teacher's responses (``offpolicy_mode``: ``kl`` = forward KL to the teacher's logits, ``sft`` =
 cross-entropy on its tokens), so one job does the report's two phases in order.
 
