@@ -30,6 +30,9 @@ SUBCOMMANDS = {
     "chat": "qwen3_trainer.cli.chat_cmd",
     "train": "qwen3_trainer.cli.train_cmd",
     "pipeline": "qwen3_trainer.cli.pipeline_cmd",
+    "recipe": "qwen3_trainer.cli.recipe_cmd",
+    "posttrain": "qwen3_trainer.cli.posttrain_cmd",
+    "eval": "qwen3_trainer.cli.eval_cmd",
 }
 
 

@@ -7,6 +7,7 @@ Examples:
     qtrain pipeline show --latest --json                           # each stage: status, checkpoint, MLflow run
     qtrain pipeline ls
     qtrain pipeline render --preset full --stage S3                # the PyTorchJob a stage would submit
+    qtrain pipeline render --preset full --stage D --job prepare   # its data-preparation job (teacher responses)
 
 Re-running with the same root skips every stage whose checkpoint is registered complete for the
 same config hash. Prefect: set PREFECT_API_URL to report to a server (else a temporary one starts);
@@ -27,6 +28,7 @@ app = typer.Typer(help="The Qwen3 recipe as a Prefect pipeline: run, show, ls, r
 
 RootOpt = Annotated[str | None, typer.Option("--root", help="Run root: a folder or s3://bucket/prefix (default $QTRAIN_PIPELINE_ROOT or ~/.qtrain/pipelines).")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+StudentInitOpt = Annotated[str | None, typer.Option("--student-init", help="D: the student's own init (HF or DCP checkpoint, local or s3://).")]
 
 
 def _params(**kw):
@@ -38,7 +40,7 @@ def _params(**kw):
 @app.command("run")
 @handle_errors
 def run_cmd(
-    preset: Annotated[str, typer.Option("--preset", "-p", help="Stage knobs and scale: tiny or full.")] = "tiny",
+    preset: Annotated[str, typer.Option("--preset", "-p", help="tiny, single-gpu, full, or a recipe .yaml file.")] = "tiny",
     root: RootOpt = None,
     backend: Annotated[str, typer.Option("--backend", "-b", help="Where stage jobs run: local or k8s.")] = "local",
     stages: Annotated[str | None, typer.Option("--stages", help="Comma-separated stages to run, e.g. S1,S2 (default: all).")] = None,
@@ -47,6 +49,7 @@ def run_cmd(
     max_steps: Annotated[int | None, typer.Option("--max-steps", help="Cap every stage's steps (smoke runs).")] = None,
     namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="k8s: namespace of the jobs.")] = None,
     register: Annotated[bool, typer.Option("--register/--no-register", help="Register each stage's HF export in the MLflow model registry.")] = True,
+    student_init: StudentInitOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Run the pipeline (skipping stages already registered complete) and print each stage's result."""
@@ -58,7 +61,8 @@ def run_cmd(
     if backend not in ("local", "k8s"):
         raise UsageError(f"--backend must be local or k8s, not {backend!r}")
     params = _params(preset=preset, root=root, backend=backend, stages=stages, mlflow_uri=mlflow_uri,
-                     experiment=experiment, max_steps=max_steps, namespace=namespace, register_models=register)
+                     experiment=experiment, max_steps=max_steps, namespace=namespace, register_models=register,
+                     student_init=student_init)
     preflight(params)
     try:
         Lineage(params.mlflow_uri or default_uri(), params.experiment)
@@ -131,27 +135,51 @@ def ls_cmd(root: RootOpt = None, as_json: JsonOpt = False) -> None:
 @app.command("render")
 @handle_errors
 def render_cmd(
-    preset: Annotated[str, typer.Option("--preset", "-p", help="Stage knobs and scale: tiny or full.")] = "full",
+    preset: Annotated[str, typer.Option("--preset", "-p", help="tiny, single-gpu, full, or a recipe .yaml file.")] = "full",
     stage: Annotated[str, typer.Option("--stage", "-s", help="The stage to render.")] = "S1",
+    job: Annotated[str, typer.Option("--job", "-j", help="Which of the stage's jobs: train, prepare or eval.")] = "train",
     root: Annotated[str, typer.Option("--root", help="Run root the config points at.")] = "s3://qwen3-trainer/pipelines",
     backend: Annotated[str, typer.Option("--backend", "-b", help="local or k8s (k8s reads $QTRAIN_CLUSTER_CONFIG).")] = "k8s",
+    student_init: StudentInitOpt = None,
 ) -> None:
-    """Print the PyTorchJob (+ ConfigMap) a stage submits, with placeholder upstream checkpoints."""
+    """Print the PyTorchJob (+ ConfigMap) a stage's job submits, with placeholder upstream checkpoints."""
     from qwen3_trainer.platform.jobs import render
-    from qwen3_trainer.workflows import stage_job
-    from qwen3_trainer.workflows.plan import plan, validate_configs
-    from qwen3_trainer.workflows.presets import get_preset, parse_stages
+    from qwen3_trainer.recipe.graph import GRAPH, parse_stages
+    from qwen3_trainer.recipe.jobs import job_spec
+    from qwen3_trainer.workflows.plan import plan, preset_of, validate_configs
+    from qwen3_trainer.workflows.stage_job import cluster_config
 
     (name,) = parse_stages(stage)[:1] or [stage]
     if stage.upper() != name:
         raise UsageError(f"--stage takes one stage, not {stage!r}")
-    params = _params(preset=preset, root=root, backend=backend, stages=[name])
+    if job not in ("train", "prepare", "eval"):
+        raise UsageError(f"--job must be train, prepare or eval, not {job!r}")
+    params = _params(preset=preset, root=root, backend=backend, stages=[name], student_init=student_init)
     plans = plan(params)
     validate_configs(params, plans)
-    p = plans[name]
-    cfg = p.config(params.root, init=f"{params.root}/stages/<{p.upstream}>/ckpt/step-N" if p.upstream else None,
-                   teacher=f"{params.root}/stages/<T4>/ckpt/step-N" if p.teacher else None,
-                   dump=f"/tmp/qtrain/{name}-{p.config_hash}")
-    spec = stage_job.build_spec(name, get_preset(preset), p.config_hash, cfg, backend=backend, pipeline_id="render",
-                                remote_storage=root.startswith("s3://"))
-    typer.echo(render(spec).to_yaml(), nl=False)
+    p, spec = plans[name], plans[name].spec
+    the_preset = preset_of(params)
+    init = (f"{params.root}/stages/<{p.upstream}>/ckpt/step-N" if p.upstream
+            else the_preset.student_init or "<student-init>" if GRAPH[name].role == "student" else None)
+    teacher = f"{params.root}/stages/<{p.teacher}>/ckpt/step-N" if p.teacher else None
+    cfg = {"train": lambda: p.train_config(params.root, init=init, teacher=teacher, dump=f"/tmp/qtrain/{name}-{p.config_hash}"),
+           "prepare": lambda: p.prepare_config(params.root, init=init, teacher=teacher),
+           "eval": lambda: p.eval_config(params.root)}[job]()
+    if cfg is None:
+        raise UsageError(f"stage {name} of preset {the_preset.name} has no {job} job")
+    js = job_spec(p, the_preset, cfg, kind=job, backend=backend, pipeline_id="render", cluster=cluster_config(backend),
+                  remote_storage=root.startswith("s3://"))
+    res = js.resources
+    who = (f"student {spec.flavor} (init {init}) · teacher {the_preset.teacher_flavor} ({p.teacher})"
+           if GRAPH[name].role == "student" else f"{spec.flavor} (from {p.upstream or 'scratch'})")
+    typer.echo(f"# stage {name} ({GRAPH[name].flow}) · {job} job · preset {the_preset.name} · {who}\n"
+               f"# {js.nodes} node(s) x {js.gpus_per_node or 'no'} GPU(s) · objective {spec.objective.name} · "
+               f"layout {_layout(spec.layout)} · config hash {p.config_hash}\n"
+               f"# per pod: cpu {res.cpu}, memory {res.memory}, /dev/shm {res.shm}")
+    typer.echo(render(js).to_yaml(), nl=False)
+
+
+def _layout(layout) -> str:
+    """The degrees that differ from one process ('fsdp' when only dp_shard is left to the world size)."""
+    shown = [f"{k}{v}" for k, v in layout.model_dump().items() if k != "dp_shard" and v != 1]
+    return " x ".join(["fsdp", *shown])

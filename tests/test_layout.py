@@ -10,7 +10,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MAPPED = {"model": "qwen3_trainer.model", "platform": "qwen3_trainer.platform",
-          "workflows": "qwen3_trainer.workflows", "cli": "qwen3_trainer.cli"}
+          "workflows": "qwen3_trainer.workflows", "cli": "qwen3_trainer.cli",
+          "recipe": "qwen3_trainer.recipe"}
 
 
 def _pyproject() -> dict:
@@ -27,7 +28,7 @@ def test_stdlib_platform_imports_from_repo_root():
 
 
 def test_no_init_in_namespace_folders():
-    for folder in ("model", "platform", "workflows"):
+    for folder in ("model", "platform", "recipe", "workflows"):
         assert not (ROOT / folder / "__init__.py").exists(), folder
 
 
@@ -69,7 +70,7 @@ def test_external_systems_have_one_owner():
     import re
 
     stray = []
-    for folder in ("model", "platform", "workflows", "cli"):
+    for folder in ("model", "platform", "recipe", "workflows", "cli"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             rel = path.relative_to(ROOT).as_posix()
             text = path.read_text()

@@ -1,11 +1,13 @@
 """The Prefect flows of the Qwen3 recipe: one per stage and ``qwen3-pipeline`` chaining them.
 
-This is the only module that imports Prefect. A stage flow: skip if its checkpoint is registered
-complete for the same config hash -> create its MLflow child run -> build its training config from
-the previous checkpoint and the stage's knobs -> render and submit its job through the platform
-launcher (task ``train``, retried by Prefect; the trainer resumes from the newest complete checkpoint)
--> wait, streaming step lines to the flow log and a progress artifact -> register the checkpoint
-(registry + MLflow tags, plots, model registry) -> a markdown artifact -> return the checkpoint URI.
+This is the only module that imports Prefect; every stage's spec, configs, hash and job specs come
+from the recipe layer (qwen3_trainer.recipe). A stage flow: skip if its checkpoint is registered
+complete for the same config hash -> create its MLflow child run (params: the stage's spec) -> post-
+training stages: submit the data-preparation job (rejection sampling, teacher responses, RL queries)
+-> submit the training job through the platform launcher (task ``train``, retried by Prefect; the
+trainer resumes from the newest complete checkpoint) -> wait, streaming step lines to the flow log
+and a progress artifact -> the thinking-budget evaluation job where the preset asks for it ->
+register the checkpoint (registry + MLflow tags, plots, model registry) -> a markdown artifact.
 
     qtrain pipeline run --preset tiny                       # the CLI calls qwen3_pipeline()
     prefect deploy --all                                    # prefect.yaml: process + kubernetes pools
@@ -16,6 +18,7 @@ pipeline's ``on_cancellation`` / ``on_crashed`` hooks cancel whatever the regist
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -33,8 +36,9 @@ from prefect.runtime import flow_run as current_flow_run
 from qwen3_trainer.model import storage
 from qwen3_trainer.workflows import stage_job
 from qwen3_trainer.workflows.lineage import Lineage, default_uri
-from qwen3_trainer.workflows.plan import PipelineParams, StagePlan, StageRun, preflight
-from qwen3_trainer.workflows.presets import ALIASES, FLOW_NAMES, PRETRAIN, STAGES, get_preset
+from qwen3_trainer.recipe.graph import ALIASES, FLOW_NAMES, GRAPH, STAGES
+from qwen3_trainer.recipe.jobs import job_spec
+from qwen3_trainer.workflows.plan import PipelineParams, StagePlan, StageRun, preflight, preset_of
 from qwen3_trainer.workflows.registry import CheckpointRecord, PipelineRecord, Registry, new_pipeline_id, now
 
 STEP_LINE = re.compile(r"\bstep (\d+) loss ([0-9.]+)")
@@ -53,7 +57,7 @@ def _dump_dir(backend: str, stage: str, config_hash: str) -> str:
 @task(name="prepare-data")
 def prepare_data(params: PipelineParams) -> str | None:
     """tiny: the local corpus and reasoning documents under <root>/data (idempotent)."""
-    preset = get_preset(params.preset)
+    preset = preset_of(params)
     if not preset.corpus_megabytes:
         return preset.data_root
     from qwen3_trainer.workflows.tiny_data import prepare
@@ -61,22 +65,16 @@ def prepare_data(params: PipelineParams) -> str | None:
     return prepare(params.root, preset.corpus_megabytes)
 
 
-@task(name="prepare-stage-data")
-def prepare_stage_data(stage: str, params: PipelineParams, workdir: str, init: str | None,
-                       teacher: str | None) -> dict[str, Any]:
-    """Post-training stages make their own data (cold-start SFT set, RL queries, fusion samples from
-    the T2 model, teacher responses for D) under ``<workdir>/<stage>/data``; with an s3:// root it is
-    made in a local folder and uploaded there."""
-    import tempfile
+@task(name="side-job", retry_delay_seconds=2)
+def side_job(spec_json: dict[str, Any], backend: str, namespace: str | None) -> None:
+    """A stage's data-preparation or evaluation job, run to completion (Prefect retries a failure)."""
+    from qwen3_trainer.platform.jobs import JobSpec
 
-    from qwen3_trainer.platform.posttrain.stages import prepare_stage_data as prepare
-
-    if not storage.is_remote(workdir):
-        return prepare(stage, params.preset, workdir, init, teacher_checkpoint=teacher)
-    with tempfile.TemporaryDirectory(prefix="qwen3-stage-data-") as tmp:
-        report = prepare(stage, params.preset, tmp, init, teacher_checkpoint=teacher)
-        _publish(str(Path(tmp) / stage / "data"), storage.join(workdir, stage, "data"))
-    return {k: v for k, v in report.items() if not isinstance(v, str) or not v.startswith(tmp)}
+    logger = get_run_logger()
+    spec = JobSpec.model_validate(spec_json)
+    final = stage_job.run(spec, backend, namespace=namespace, on_line=lambda line: logger.info("%s: %s", spec.name, line))
+    if final.state != "Succeeded":
+        raise RuntimeError(f"job {spec.name} {final.state}: {final.message}")
 
 
 @task(name="train", retry_delay_seconds=2)
@@ -121,24 +119,15 @@ def train(spec_json: dict[str, Any], backend: str, namespace: str | None, checkp
     return latest
 
 
-@task(name="thinking-budget-curve")
-def thinking_budget_curve(checkpoint: str, budgets: list[int]) -> dict[str, list[tuple[int, float]]]:
-    from qwen3_trainer.workflows.thinking_budget import curve
-
-    return curve(checkpoint, budgets)
-
-
 # -- one stage -----------------------------------------------------------------------------------
 def run_stage(stage: str, run: StageRun) -> str:
     logger = get_run_logger()
     params = run.pipeline
-    preset = get_preset(params.preset)
+    preset = preset_of(params)
     plans = preflight_cached(params)
     p: StagePlan = plans[stage]
     registry = Registry(params.root)
-    try:
-        registry.load_pipeline(run.pipeline_id)
-    except ValueError:  # a stage flow run on its own (deployment, UI): its own record
+    if not registry.has_pipeline(run.pipeline_id):  # a stage flow run on its own (deployment, UI): its own record
         registry.save_pipeline(PipelineRecord(pipeline_id=run.pipeline_id, preset=params.preset, root=params.root,
                                               backend=params.backend))
     done = registry.completed(stage, p.config_hash)
@@ -152,44 +141,53 @@ def run_stage(stage: str, run: StageRun) -> str:
         return done.checkpoint_uri
 
     lineage = Lineage(params.mlflow_uri or default_uri(), params.experiment)
-    knobs = preset.knobs(stage).model_dump(mode="json")
-    run_id = lineage.start_stage(run.parent_run_id, run.pipeline_id, stage, p.config_hash, knobs,
-                                 run.init_checkpoint, run.teacher_checkpoint) if run.parent_run_id else None
-    workdir = p.workdir(params.root)
+    init = run.init_checkpoint if p.upstream or GRAPH[stage].role != "student" else preset.student_init
+    run_id = lineage.start_stage(run.parent_run_id, run.pipeline_id, stage, p.config_hash,
+                                 p.spec.model_dump(mode="json"), init,
+                                 run.teacher_checkpoint) if run.parent_run_id else None
     tracking = {"mlflow_uri": lineage.uri, "experiment": params.experiment, "run_id": run_id}
-    cfg = p.config(params.root, init=run.init_checkpoint, teacher=run.teacher_checkpoint,
-                   dump=_dump_dir(params.backend, stage, p.config_hash), tracking=tracking)
+    cfg = p.train_config(params.root, init=init, teacher=run.teacher_checkpoint,
+                         dump=_dump_dir(params.backend, stage, p.config_hash), tracking=tracking)
     hf_uri = cfg["checkpoint"].get("export_hf")
     staged_hf = _stage_hf_locally(cfg, params)
-    spec = stage_job.build_spec(stage, preset, p.config_hash, cfg, backend=params.backend,
-                                pipeline_id=run.pipeline_id, namespace=params.namespace,
-                                remote_storage=storage.is_remote(params.root))
+    jobs = {"backend": params.backend, "pipeline_id": run.pipeline_id, "namespace": params.namespace,
+            "remote_storage": storage.is_remote(params.root)}
+    spec = job_spec(p, preset, cfg, kind="train", **jobs)
     registry.update_stage(run.pipeline_id, stage, status="running", config_hash=p.config_hash, job=spec.name,
-                          mlflow_run_id=run_id, init_checkpoint=run.init_checkpoint, started_at=now())
+                          mlflow_run_id=run_id, init_checkpoint=init, started_at=now())
+    curve = None
     try:
-        if stage not in PRETRAIN:
-            prepare_stage_data(stage, params, workdir, run.init_checkpoint, run.teacher_checkpoint)
+        prep = p.prepare_config(params.root, init=init, teacher=run.teacher_checkpoint)
+        if prep is not None:
+            side_job.with_options(retries=preset.retries)(
+                job_spec(p, preset, prep, kind="prepare", **jobs).model_dump(mode="json"), params.backend,
+                params.namespace)
         checkpoint = train.with_options(retries=preset.retries)(
             spec.model_dump(mode="json"), params.backend, params.namespace, cfg["checkpoint"]["dir"],
             (params.root, run.pipeline_id, stage))
+        if staged_hf:
+            _publish(staged_hf, hf_uri)
+        evaluation = p.eval_config(params.root)
+        if evaluation is not None and run_id:
+            side_job.with_options(retries=preset.retries)(
+                job_spec(p, preset, evaluation, kind="eval", **jobs).model_dump(mode="json"), params.backend,
+                params.namespace)
+            curve = json.loads(storage.read_text(evaluation["out"]))
     except BaseException as exc:
         status = "cancelled" if not isinstance(exc, Exception) else "failed"
         registry.update_stage(run.pipeline_id, stage, status=status, error=str(exc)[:500], finished_at=now())
         if run_id:
             lineage.end(run_id, "KILLED" if status == "cancelled" else "FAILED")
         raise
-    if staged_hf:
-        _publish(staged_hf, hf_uri)
     record = CheckpointRecord(stage=stage, config_hash=p.config_hash, checkpoint_uri=checkpoint, hf_uri=hf_uri,
-                              init_checkpoint=run.init_checkpoint, teacher_checkpoint=run.teacher_checkpoint,
+                              init_checkpoint=init, teacher_checkpoint=run.teacher_checkpoint,
                               mlflow_run_id=run_id, pipeline_id=run.pipeline_id)
     model_version = None
     if run_id:
         lineage.tag(run_id, checkpoint_uri=checkpoint, hf_uri=hf_uri or "none", job=spec.name)
         record.metrics = {k: v for k, v in lineage.summary(run_id).items()
                           if k in SUMMARY_KEYS or k.startswith(SUMMARY_PREFIXES)}
-        if preset.thinking_budgets and stage in preset.thinking_eval_stages:
-            curve = thinking_budget_curve(checkpoint, preset.thinking_budgets)
+        if curve is not None:
             lineage.log_thinking_curve(run_id, curve)
             record.metrics.update({f"think_acc@{b}": v for b, v in curve["accuracy"]})
         lineage.log_stage_plots(run_id, stage)

@@ -24,7 +24,7 @@ from typing import Any
 
 from qwen3_trainer.model import storage
 from qwen3_trainer.platform.tracking import MlflowStore
-from qwen3_trainer.workflows.presets import ALIASES, FLOW_NAMES
+from qwen3_trainer.recipe.graph import ALIASES, FLOW_NAMES
 
 THINKING_PREFIXES = ("thinking_budget/", "eval/thinking_budget")
 
@@ -56,14 +56,16 @@ class Lineage:
         return run_id
 
     def start_stage(self, parent_run_id: str, pipeline_id: str, stage: str, config_hash: str,
-                    knobs: dict[str, Any], init_checkpoint: str | None, teacher: str | None) -> str:
+                    spec: dict[str, Any], init_checkpoint: str | None, teacher: str | None) -> str:
+        """The stage's child run; its params are the stage's recipe spec (``recipe.*``), and the trainer
+        logs the training config it runs beside them (both derived from the same spec)."""
         tags = {"mlflow.parentRunId": parent_run_id, "qwen3.pipeline_id": pipeline_id, "qwen3.stage": stage,
                 "qwen3.config_hash": config_hash, "qwen3.kind": "stage",
                 "qwen3.init_checkpoint": init_checkpoint or "none"}
         if teacher:
             tags["qwen3.teacher_checkpoint"] = teacher
         run_id = self.store.create_run(self.experiment_id, FLOW_NAMES[stage], tags)
-        self.store.log_params(run_id, {"knobs": knobs})
+        self.store.log_params(run_id, {"recipe": spec})
         return run_id
 
     def tag(self, run_id: str, **tags: str) -> None:

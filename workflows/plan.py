@@ -1,25 +1,29 @@
 """What a pipeline run will do, worked out and checked before any job starts (no Prefect here).
 
 ``PipelineParams`` / ``StageRun`` are the flows' pydantic parameters (Prefect renders them as forms).
-``plan`` builds every stage's config template and config hash, chained through the stages each one
-starts from; ``preflight`` checks everything that can fail early — preset and stage names, each
-stage's config against ``TrainConfig``, the run root and MLflow being reachable, the checkpoints a
-partial run (``stages=[...]``) needs from earlier runs — and raises one-line ``ValueError``s.
+``plan`` asks the recipe layer (qwen3_trainer.recipe) for every stage's spec, configs and config hash;
+``preflight`` checks everything that can fail early — preset and stage names, each stage's config
+against ``TrainConfig``, its layout and its jobs against the cluster's node pools, the run root and
+the cluster being reachable, the checkpoints a partial run (``stages=[...]``) needs from earlier runs —
+and raises one-line ``ValueError``s.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from qwen3_trainer.model import storage
-from qwen3_trainer.workflows import stage_config as sc
-from qwen3_trainer.workflows.presets import PRESETS, STAGES, UPSTREAM, Preset, get_preset, parse_stages
+from qwen3_trainer.recipe import plan as recipe_plan
+from qwen3_trainer.recipe.graph import STAGES, parse_stages
+from qwen3_trainer.recipe.plan import StagePlan
+from qwen3_trainer.recipe.presets import PRESETS, Preset, get_preset
 from qwen3_trainer.workflows.registry import CheckpointRecord, Registry
+
+__all__ = ["PipelineParams", "StagePlan", "StageRun", "plan", "preflight", "preset_of"]
 
 
 def default_root() -> str:
@@ -34,7 +38,8 @@ class PipelineParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    preset: str = Field("tiny", description="stage knobs and scale: tiny (this CPU) or full (a cluster)")
+    preset: str = Field("tiny", description="the recipe: tiny (this CPU), single-gpu (one H200), full (a cluster) "
+                                             "or a recipe .yaml file")
     root: str = Field(default_factory=default_root, description="run root: local folder or s3://bucket/prefix")
     backend: Literal["local", "k8s"] = Field("local", description="where stage jobs run")
     stages: list[str] = Field(default_factory=lambda: list(STAGES), description="stages to run, recipe order")
@@ -43,6 +48,8 @@ class PipelineParams(BaseModel):
     max_steps: int | None = Field(None, gt=0, description="cap every stage's steps (smoke runs, CI)")
     register_models: bool = Field(True, description="register each stage's HF export in the model registry")
     namespace: str | None = Field(None, description="k8s: namespace of the PyTorchJobs")
+    student_init: str | None = Field(None, description="D: the student's own init (HF or DCP checkpoint); "
+                                                       "default the preset's")
 
     @field_validator("preset")
     @classmethod
@@ -75,95 +82,91 @@ class StageRun(BaseModel):
     teacher_checkpoint: str | None = None      # D: the teacher (T4)
 
 
-@dataclass(frozen=True)
-class StagePlan:
-    stage: str
-    config_hash: str
-    template: dict[str, Any]          # TrainConfig dict with {workdir}/{init}/... placeholders
-    upstream: str | None              # the stage whose checkpoint it starts from
-    teacher: str | None               # D: the stage whose checkpoint teaches
-
-    def workdir(self, root: str) -> str:
-        return sc.stage_workdir(root, self.stage, self.config_hash)
-
-    def config(self, root: str, *, init: str | None, teacher: str | None, dump: str,
-               tracking: dict[str, Any] | None = None) -> dict[str, Any]:
-        cfg = sc.fill(self.template, workdir=self.workdir(root), init=init, teacher=teacher, dump=dump,
-                      root=root)
-        if tracking:
-            cfg["tracking"] = tracking
-        return cfg
+def preset_of(params: PipelineParams) -> Preset:
+    """The run's preset, with ``student_init`` applied."""
+    preset = get_preset(params.preset)
+    if params.student_init:
+        preset = preset.model_copy(update={"student_init": params.student_init})
+    return preset
 
 
 def plan(params: PipelineParams) -> dict[str, StagePlan]:
-    """The chosen stages and every stage they start from (hashes chain through all of them)."""
-    preset = get_preset(params.preset)
-    needed = _with_dependencies(params.stages)
-    plans: dict[str, StagePlan] = {}
-    for stage in (s for s in STAGES if s in needed):
-        template = sc.template(stage, preset, data_root=_data_root(preset))
-        if params.max_steps:
-            _cap_steps(template, params.max_steps)
-        up = _upstream(stage, preset)
-        teacher = "T4" if stage == "D" else None
-        upstream_hashes = [plans[s].config_hash for s in (up, teacher) if s]
-        plans[stage] = StagePlan(stage, sc.config_hash(stage, template, upstream_hashes), template, up, teacher)
-    return plans
-
-
-def _upstream(stage: str, preset: Preset) -> str | None:
-    """D's student starts from the pretrained base (S3) when it has the teacher's shape (tiny);
-    a smaller student flavor starts from its own base, outside this pipeline."""
-    if stage == "D":
-        return "S3" if preset.student_flavor == preset.teacher_flavor else None
-    return UPSTREAM[stage]
-
-
-def _cap_steps(template: dict[str, Any], max_steps: int) -> None:
-    steps = min(template["training"]["steps"], max_steps)
-    template["training"]["steps"] = steps
-    params = (template.get("objective") or {}).get("params") or {}
-    if "offpolicy_steps" in params:  # D: the off-policy phase fits inside the capped run
-        params["offpolicy_steps"] = min(params["offpolicy_steps"], max(steps // 2, 1))
-
-
-def _with_dependencies(stages: list[str]) -> set[str]:
-    out: set[str] = set()
-    todo = list(stages)
-    while todo:
-        stage = todo.pop()
-        if stage not in out:
-            out.add(stage)
-            todo += [s for s in (UPSTREAM[stage] or ("S3" if stage == "D" else None),
-                                 "T4" if stage == "D" else None) if s]
-    return out
-
-
-def _data_root(preset: Preset) -> str:
-    return preset.data_root or "{root}/data"
+    """The chosen stages and every stage they start from (recipe.plan)."""
+    return recipe_plan.plan(preset_of(params), params.stages, max_steps=params.max_steps)
 
 
 def validate_configs(params: PipelineParams, plans: dict[str, StagePlan]) -> None:
-    for stage in params.stages:
-        p = plans[stage]
-        cfg = p.config(params.root, init="/placeholder/init", teacher="/placeholder/teacher", dump="/tmp/dump")
-        try:
-            sc.validate(cfg)
-        except ValueError as exc:
-            raise ValueError(f"stage {stage}: invalid training config: {exc}") from None
+    recipe_plan.validate(plans, params.stages, params.root)
+
+
+def check_student_init(params: PipelineParams, plans: dict[str, StagePlan]) -> None:
+    preset = preset_of(params)
+    if "D" in params.stages and plans["D"].upstream is None and not preset.student_init:
+        raise ValueError(f"stage D: the student ({preset.student_flavor}) is not the teacher line's flavor "
+                         f"({preset.teacher_flavor}): give its init with --student-init (HF or DCP checkpoint)")
 
 
 def preflight(params: PipelineParams) -> dict[str, StagePlan]:
     """All checks that need no job; returns the plan. Raises ValueError (one line)."""
     plans = plan(params)
     validate_configs(params, plans)
+    check_student_init(params, plans)
+    check_jobs(params, plans)
     check_root(params.root)
+    check_datasets(params, plans)
     if params.backend == "k8s":
         from qwen3_trainer.workflows.stage_job import check_cluster
 
         check_cluster(params.namespace)
     missing_inputs(params, plans)
     return plans
+
+
+def check_jobs(params: PipelineParams, plans: dict[str, StagePlan]) -> None:
+    """Every job of every chosen stage builds against the cluster contract (pools, GPUs, resources)."""
+    from qwen3_trainer.recipe.jobs import job_spec
+    from qwen3_trainer.workflows.stage_job import cluster_config
+
+    cluster = cluster_config(params.backend)
+    preset = preset_of(params)
+    for stage in params.stages:
+        p = plans[stage]
+        for kind, cfg in (("train", p.train), ("prepare", p.prepare), ("eval", p.evaluate)):
+            if cfg is not None:
+                job_spec(p, preset, cfg, kind=kind, backend=params.backend, pipeline_id="preflight",
+                         cluster=cluster, namespace=params.namespace, remote_storage=storage.is_remote(params.root))
+
+
+def check_datasets(params: PipelineParams, plans: dict[str, StagePlan]) -> None:
+    """Every dataset a chosen stage names (the user's files, the preset's data root) exists."""
+    preset = preset_of(params)
+    for stage in params.stages:
+        spec = plans[stage].spec
+        named: list[tuple[str, str]] = []
+        if spec.pretrain_data is not None:
+            for source in spec.pretrain_data.mix:
+                paths = spec.pretrain_data.paths.get(source)
+                if paths:
+                    named += [(f"stages.{stage}.pretrain_data.paths.{source}", p) for p in paths]
+                elif preset.data_root:
+                    named.append((f"data_root ({stage} source {source})", storage.join(preset.data_root, source)))
+        if spec.prepare is not None:
+            named += [(f"stages.{stage}.prepare.{key}", path) for key in ("dataset", "eval_dataset")
+                      if (path := getattr(spec.prepare, key))]
+        for key, path in named:
+            try:
+                found = storage.exists(path) or bool(_glob(path))
+            except storage.StorageError as exc:
+                raise ValueError(f"{key}: {exc}") from None
+            if not found:
+                raise ValueError(f"{key}: dataset {path} does not exist")
+
+
+def _glob(path: str) -> list[str]:
+    if not any(c in path for c in "*?["):
+        return []
+    fs, stripped = storage.filesystem(path)
+    return fs.glob(stripped)
 
 
 def check_root(root: str) -> None:

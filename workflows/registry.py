@@ -108,6 +108,9 @@ class Registry:
         record.updated_at = now()
         _write(self._pipeline_path(record.pipeline_id), record.model_dump_json(indent=1))
 
+    def has_pipeline(self, pipeline_id: str) -> bool:
+        return storage.exists(self._pipeline_path(pipeline_id))
+
     def load_pipeline(self, pipeline_id: str) -> PipelineRecord:
         path = self._pipeline_path(pipeline_id)
         if not storage.exists(path):

@@ -5,7 +5,7 @@
   (``platform.data.synthetic``), written as plain documents — question, ``<think>`` steps, boxed
   answer — the STEM/reasoning share that S2 and S3 mix in.
 
-The post-training stages prepare their own data (``platform.posttrain.stages.prepare_stage_data``).
+The post-training stages prepare their own data (``platform.posttrain.prepare``, run as a job).
 A ``READY.json`` marker, written last, makes preparation idempotent and safe to interrupt.
 """
 

@@ -162,7 +162,9 @@ def _training_config(spec: JobSpec, base_dir: Path) -> tuple[str, str | None, st
 def _pod_template(spec: JobSpec, labels: dict, config_text: str | None, config_arg: str) -> k8s.V1PodTemplateSpec:
     gpu = {"nvidia.com/gpu": str(spec.gpus_per_node)} if spec.gpus_per_node else {}
     extended = {name: str(n) for name, n in spec.resources.extended.items()}
-    amounts = {"cpu": spec.resources.cpu, "memory": spec.resources.memory, **gpu, **extended}
+    # GPUs and extended resources sit in both requests and limits (Kubernetes requires them equal)
+    requests = {**spec.resources.requests(), **gpu, **extended}
+    limits = {**spec.resources.limits(), **gpu, **extended}
     volumes = [k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=spec.resources.shm))]
     mounts = [k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm")]
     annotations = {}
@@ -171,10 +173,10 @@ def _pod_template(spec: JobSpec, labels: dict, config_text: str | None, config_a
         mounts.append(k8s.V1VolumeMount(name="train-config", mount_path=CONFIG_DIR, read_only=True))
         annotations[CONFIG_HASH_ANNOTATION] = hashlib.sha256(config_text.encode()).hexdigest()
     container = k8s.V1Container(
-        name=CONTAINER, image=spec.image, image_pull_policy="IfNotPresent",
+        name=CONTAINER, image=spec.image, image_pull_policy=spec.image_pull_policy,
         command=["torchrun"], args=[*_rdzv_args(spec), *spec.entrypoint, config_arg],
         env=_env(spec), ports=[k8s.V1ContainerPort(name=PORT_NAME, container_port=MASTER_PORT, protocol="TCP")],
-        resources=k8s.V1ResourceRequirements(requests=dict(amounts), limits=dict(amounts)),
+        resources=k8s.V1ResourceRequirements(requests=requests, limits=limits),
         volume_mounts=mounts,
     )
     pool, sched = spec.node_pool, spec.scheduling
@@ -186,6 +188,9 @@ def _pod_template(spec: JobSpec, labels: dict, config_text: str | None, config_a
         priority_class_name=sched.priority_class,
         scheduler_name=sched.scheduler_name or DEFAULT_SCHEDULER.get(sched.gang),
         service_account_name=spec.service_account,
+        image_pull_secrets=[k8s.V1LocalObjectReference(name=n) for n in spec.image_pull_secrets] or None,
+        security_context=(strict_model(spec.pod_security_context, "V1PodSecurityContext", "pod_security_context")
+                          if spec.pod_security_context else None),
     )
     return k8s.V1PodTemplateSpec(metadata=k8s.V1ObjectMeta(labels=dict(labels), annotations=annotations or None), spec=pod)
 

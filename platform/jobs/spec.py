@@ -20,6 +20,7 @@ free-form here: the trainer validates its own config; this package never imports
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -94,8 +95,20 @@ class NodePool(Strict):
 
 
 class Resources(Strict):
-    cpu: str = "4"                  # per node (pod); requests == limits (Guaranteed QoS)
-    memory: str = "16Gi"
+    """Per pod (one pod per node). Requests are what the scheduler and Kueue's quota count, limits what
+    the kubelet enforces; GPUs and ``extended`` go in both (Kubernetes requires it of extended resources).
+
+    Memory limit defaults to the request: the pod is OOM-killed at the size it asked for rather than
+    evicted under node pressure for using more (the memory-backed /dev/shm counts in it). CPU limit
+    defaults to the request too (Guaranteed QoS, so a static CPU manager can pin cores); ``cpu_limit:
+    null`` drops it (no CFS throttling of bursty data-loader / NCCL threads), as recipe/cluster.py's
+    node pools do for training pods unless ``guaranteedQos``.
+    """
+
+    cpu: str = "4"                  # CPU request
+    cpu_limit: str | None = "request"   # "request" (= cpu), a quantity >= cpu, or null (no CPU limit)
+    memory: str = "16Gi"            # memory request
+    memory_limit: str = "request"   # "request" (= memory) or a quantity >= memory
     shm: str = "8Gi"                # /dev/shm as an in-memory emptyDir (NCCL and dataloader workers)
     # RDMA / EFA devices, e.g. {vpc.amazonaws.com/efa: 32} or {rdma/rdma_shared_device_a: 1}
     extended: dict[str, int] = {}
@@ -107,6 +120,13 @@ class Resources(Strict):
             raise ValueError(f"{v!r} is not a Kubernetes quantity (e.g. 16, 500m, 64Gi)")
         return v
 
+    @field_validator("cpu_limit", "memory_limit")
+    @classmethod
+    def _limit(cls, v: str | None) -> str | None:
+        if v not in (None, "request") and not QUANTITY.match(v):
+            raise ValueError(f"{v!r} is neither `request` nor a Kubernetes quantity (e.g. 16, 64Gi)")
+        return v
+
     @field_validator("extended")
     @classmethod
     def _extended(cls, v: dict[str, int]) -> dict[str, int]:
@@ -116,6 +136,35 @@ class Resources(Strict):
             if count < 1:
                 raise ValueError(f"{name}: count must be >= 1")
         return v
+
+    @model_validator(mode="after")
+    def _limits_cover_requests(self) -> Resources:
+        for name, request, limit in (("cpu", self.cpu, self.cpu_limit), ("memory", self.memory, self.memory_limit)):
+            if limit not in (None, "request") and _amount(limit) < _amount(request):
+                raise ValueError(f"{name}_limit: {limit} is below the request {request}")
+        memory = self.memory if self.memory_limit == "request" else self.memory_limit
+        if _amount(self.shm) > _amount(memory):
+            raise ValueError(f"shm: {self.shm} exceeds the memory limit {memory} (/dev/shm counts in it)")
+        return self
+
+    def requests(self) -> dict[str, str]:
+        """cpu and memory requests (render adds GPUs and ``extended``)."""
+        return {"cpu": self.cpu, "memory": self.memory}
+
+    def limits(self) -> dict[str, str]:
+        """cpu (unless ``cpu_limit`` is null) and memory limits."""
+        cpu = {} if self.cpu_limit is None else {"cpu": self.cpu if self.cpu_limit == "request" else self.cpu_limit}
+        return {**cpu, "memory": self.memory if self.memory_limit == "request" else self.memory_limit}
+
+
+_UNITS = {"": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
+          "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def _amount(quantity: str) -> Decimal:
+    """A quantity (already checked against QUANTITY) in base units: cores or bytes."""
+    number = quantity.rstrip("kmMGTPEi")
+    return Decimal(number) * _UNITS[quantity[len(number):]]
 
 
 class Scheduling(Strict):
@@ -169,6 +218,10 @@ class JobSpec(Strict):
     resources: Resources = Resources()
     env: list[EnvVar] = []
     service_account: str | None = None
+    image_pull_policy: Literal["IfNotPresent", "Always", "Never"] = "IfNotPresent"
+    image_pull_secrets: list[str] = []  # Secret names (registry credentials)
+    # a Kubernetes PodSecurityContext in its YAML (camelCase) form, e.g. {runAsNonRoot: true, fsGroup: 10001}
+    pod_security_context: dict[str, Any] | None = None
     scheduling: Scheduling = Scheduling()
     run_policy: RunPolicy = RunPolicy()
     elastic: ElasticPolicy | None = None

@@ -196,7 +196,7 @@ class DistillOnPolicy:
                 room = seq_len + 1 - max(map(len, p_ids))
                 out = engine.generate(p_ids, SamplingParams(
                     max_new_tokens=max(1, min(self.max_new_tokens, room)), temperature=self.temperature,
-                    top_p=self.top_p, seed=self.seed + 7919 * trainer.step + trainer.env.rank))
+                    top_p=self.top_p, seed=self.seed + 7919 * trainer.step + trainer.dp_rank))  # TP/CP peers: same rollouts
                 masks = [[not f for f in forced] for forced in out.forced]
                 batches = rollouts.sequences_to_batches(p_ids, out.tokens, masks, micro_batch_size=mb,
                                                         pad_id=tok.pad, max_len=seq_len)

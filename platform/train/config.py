@@ -50,13 +50,18 @@ class ParallelismSection(_Strict):
     tp: int = Field(1, ge=1)  # tensor (+ sequence) parallel
     pp: int = Field(1, ge=1)  # pipeline stages
     ep: int = Field(1, ge=1)  # expert parallel (MoE), borrowed from dp_shard x cp (x tp)
-    cp: int = Field(1, ge=1)  # context parallel
+    # context parallel: not wired into the trainer (torchtitan 0.2.2's context_parallel needs the
+    # attention and the loader sharded along the sequence); refused rather than silently ignored
+    cp: int = Field(1, ge=1)
     pp_schedule: str = "1F1B"  # torch.distributed.pipelining schedule name
 
     @model_validator(mode="after")
     def _dp_shard(self):
         if self.dp_shard == 0:
             raise ValueError("parallelism.dp_shard must be >= 1 or -1 (auto)")
+        if self.cp > 1:
+            raise ValueError(f"parallelism.cp={self.cp}: context parallelism is not implemented in this trainer; "
+                             "use cp 1 (long sequences train with activation_checkpointing)")
         return self
 
 

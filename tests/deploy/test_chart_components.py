@@ -1,5 +1,5 @@
 """What each component is wired to, per values file: databases, S3, the Prefect API, the work pool's
-job template, the job-defaults ConfigMap, names and labels."""
+job template, names and labels (the job-defaults ConfigMap: test_chart_jobs.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import re
 
 import pytest
-import yaml
 from chart_helpers import CHART, NAMESPACE, RELEASE, VALUES_FILES, helm_template, load_docs, run
 from k8s_objects import by_kind, containers, env_of, find, pod_specs
 
@@ -131,22 +130,6 @@ def test_base_job_template_hands_defaults_to_flow_runs(renders):
     assert env["MLFLOW_TRACKING_URI"]["value"] == f"http://{PREFIX}-mlflow:5000"
     assert _secret_ref(env["AWS_ACCESS_KEY_ID"]) == ("qwen3-trainer-s3", "AWS_ACCESS_KEY_ID")
     assert pod["volumes"][0] == {"name": "cluster-config", "configMap": {"name": f"{PREFIX}-jobs"}}
-
-
-@pytest.mark.parametrize("values", ["default", "all-on-values", "minimal-values"])
-def test_jobs_configmap(renders, values):
-    cluster = yaml.safe_load(find(renders[values], "ConfigMap", "-jobs")["data"]["cluster.yaml"])
-    assert set(cluster["stages"]) == {"S1", "S2", "S3", "T1", "T2", "T3", "T4", "D"}
-    assert all(stage["nodePool"] in cluster["nodePools"] for stage in cluster["stages"].values())
-    assert cluster["stages"]["S3"]["seqLen"] == 32768 and cluster["stages"]["S1"]["seqLen"] == 4096
-    assert cluster["nodePools"]["gpu"]["tolerations"][0]["key"] == "nvidia.com/gpu"
-    assert cluster["serviceAccountName"] == f"{PREFIX}-workload"
-    expected = {"default": ("none", "", "qwen3-trainer-s3", f"http://{PREFIX}-mlflow:5000"),
-                "all-on-values": ("kueue", "gpu-training", f"{PREFIX}-object-store", f"http://{PREFIX}-mlflow:5000"),
-                "minimal-values": ("volcano", "training", "", "http://mlflow.mlops.svc:5000")}[values]
-    got = (cluster["scheduling"]["gangScheduler"], cluster["scheduling"]["queueName"],
-           cluster["s3"]["credentialsSecret"], cluster["mlflow"]["trackingUri"])
-    assert got == expected
 
 
 def test_selectors_ports_and_references_resolve(all_manifests):

@@ -35,8 +35,8 @@ def test_every_values_key_documented():
     documented = {k for k, _ in keys}
     assert all(description for _, description in keys)
     # spot-check the convention on each kind of key: top-level, nested leaf, documented mapping
-    assert {"nameOverride", "prefect.worker.workPool", "jobs.stages", "s3.auth"} <= documented
-    assert "prefect" not in documented and "jobs.stages.S1" not in documented
+    assert {"nameOverride", "prefect.worker.workPool", "jobs.nodePools.gpu.cpuPerGpu", "s3.auth"} <= documented
+    assert "prefect" not in documented and "jobs.nodePools" not in documented
 
 
 def test_undocumented_key_is_reported():

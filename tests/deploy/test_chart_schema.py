@@ -9,14 +9,19 @@ BAD_VALUES = {
     # --set arguments -> text the error must contain (the key's JSON pointer and the rule)
     "enum": (["--set", "s3.auth=iam"], "at '/s3/auth': value must be one of 'secret', 'workloadIdentity'"),
     "typo": (["--set", "mlflow.replica=2"], "at '/mlflow': additional properties 'replica' not allowed"),
-    "minimum": (["--set", "jobs.stages.S2.nodes=0"], "at '/jobs/stages/S2/nodes': minimum: got 0, want 1"),
+    "minimum": (["--set", "jobs.runPolicy.backoffLimit=-1"], "at '/jobs/runPolicy/backoffLimit': minimum: got -1, want 0"),
     "root": (["--set", "podSecurityContext.runAsNonRoot=false"], "at '/podSecurityContext/runAsNonRoot'"),
     "service": (["--set", "mlflow.service.type=External"], "at '/mlflow/service/type'"),
-    "stage name": (["--set", "jobs.stages.S9.nodePool=gpu"], "at '/jobs/stages': additional properties 'S9' not allowed"),
+    "no stages": (["--set", "jobs.stages.S1.nodes=8"], "at '/jobs': additional properties 'stages' not allowed"),
+    "no shmSize": (["--set", "jobs.shmSize=64Gi"], "at '/jobs': additional properties 'shmSize' not allowed"),
+    "pool key": (["--set", "jobs.nodePools.gpu.cpuPerGPU=4"], "at '/jobs/nodePools/gpu': additional properties 'cpuPerGPU'"),
+    "quantity": (["--set", "jobs.nodePools.gpu.memoryPerGpu=lots"], "at '/jobs/nodePools/gpu/memoryPerGpu'"),
+    "gpus": (["--set", "jobs.nodePools.gpu.gpusPerNode=32"], "at '/jobs/nodePools/gpu/gpusPerNode': maximum"),
     "pool name": (["--set", "jobs.nodePools.GPU.gpusPerNode=1"], "at '/jobs/nodePools': additional properties 'GPU'"),
     "requests": (["--set", "mlflow.resources.requests=null"], "at '/mlflow/resources'"),
     "image": (["--set", "trainerImage.repository="], "at '/trainerImage/repository'"),
-    "queue": (["--set", "jobs.gangScheduler=kueue"], "at '/jobs/queueName': minLength: got 0, want 1"),
+    "queue": (["--set", "jobs.scheduling.gangScheduler=kueue"], "at '/jobs/scheduling/queueName': minLength: got 0, want 1"),
+    "security": (["--set", "podSecurityContext.privileged=true"], "at '/podSecurityContext': additional properties"),
     "s3 secret": (["--set", "s3.credentialsSecret="], "at '/s3/credentialsSecret': minLength"),
     "identity": (["--set", "s3.auth=workloadIdentity"], "at '/s3/workloadIdentityAnnotations': minProperties"),
     "worker api": (["--set", "prefect.server.enabled=false"], "at '/prefect/worker/apiUrl': minLength"),
@@ -41,15 +46,9 @@ def test_bad_values_file_fails(helm, tmp_path):
     assert "at '/prefect/worker/concurrencyLimit': got string, want integer" in done.stderr, done.stderr
 
 
-def test_unknown_node_pool_fails_naming_the_stage(helm):
-    # cross-key rule the schema cannot express: checked in templates/jobs/configmap.yaml
-    done = helm_template(helm, "--set", "jobs.stages.S3.nodePool=tpu")
-    assert done.returncode != 0
-    assert 'jobs.stages.S3.nodePool: "tpu" is not a key of jobs.nodePools (cpu, gpu)' in done.stderr
-
-
 def test_valid_overrides_render(helm):
     done = helm_template(helm, "--set", "s3.auth=workloadIdentity",
                          "--set", "s3.workloadIdentityAnnotations.iam\\.gke\\.io/gcp-service-account=t@p.iam.gserviceaccount.com",
-                         "--set", "jobs.gangScheduler=volcano", "--set", "jobs.queueName=q")
+                         "--set", "jobs.scheduling.gangScheduler=volcano", "--set", "jobs.scheduling.queueName=q",
+                         "--set", "jobs.nodePools.gpu.cpuPerGpu=16")
     assert done.returncode == 0, done.stderr

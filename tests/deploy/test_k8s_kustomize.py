@@ -10,11 +10,24 @@ import yaml
 from chart_helpers import ROOT, run
 from k8s_objects import by_kind, containers, env_of, find, pod_specs
 
+from qwen3_trainer.recipe.cluster import amount, load_cluster_config
+from qwen3_trainer.recipe.presets import PRESETS
+
 NAMESPACE = "qwen3-trainer"
 
 
 def _cluster(objects):
     return yaml.safe_load(find(objects, "ConfigMap", "-jobs")["data"]["cluster.yaml"])
+
+
+def _contract(objects, tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(find(objects, "ConfigMap", "-jobs")["data"]["cluster.yaml"])
+    return load_cluster_config(str(path))
+
+
+def _pool_of(scale) -> str:
+    return scale.node_pool or ("gpu" if scale.gpus_per_node else "cpu")
 
 
 def test_platform_files_match_the_chart(helm):
@@ -42,12 +55,15 @@ def test_overlays_are_complete_platforms(builds):
         assert ("Namespace", NAMESPACE) in kinds
 
 
-def test_dev_is_one_node_without_gpus(builds):
+def test_dev_is_one_node_without_gpus(builds, tmp_path):
     dev = builds["dev"]
     cluster = _cluster(dev)
     assert set(cluster["nodePools"]) == {"cpu"} and cluster["nodePools"]["cpu"]["gpusPerNode"] == 0
-    assert {s["nodes"] for s in cluster["stages"].values()} == {1}
     assert cluster["scheduling"]["gangScheduler"] == "none"
+    contract = _contract(dev, tmp_path)
+    for stage, spec in PRESETS["tiny"].stages.items():  # the tiny preset runs there: one CPU node per stage
+        assert spec.scale.nodes == 1 and _pool_of(spec.scale) == "cpu", stage
+        contract.pool("cpu").pod_resources(spec.scale.gpus_per_node)
     assert cluster["s3"]["endpointUrl"] == "http://qwen3-trainer-object-store:9000"
     for where, spec in pod_specs(dev):
         assert not spec.get("nodeSelector") and not spec.get("tolerations"), where
@@ -68,14 +84,13 @@ def test_dev_is_one_node_without_gpus(builds):
                     assert ref["key"] in secrets[ref["name"]], ref
 
 
-def test_prod_gang_schedules_gpu_jobs_through_kueue(builds):
+def test_prod_gang_schedules_gpu_jobs_through_kueue(builds, tmp_path):
     prod = builds["prod"]
     cluster = _cluster(prod)
     assert cluster["scheduling"] == {"gangScheduler": "kueue", "queueName": "qwen3-training",
                                      "priorityClassName": "qwen3-training"}
     gpu = cluster["nodePools"]["gpu"]
     assert gpu["gpusPerNode"] == 8 and gpu["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H200"}
-    assert all(cluster["stages"][s]["nodePool"] == "gpu" for s in ("S1", "S2", "S3"))
     (local_queue,) = by_kind(prod, "LocalQueue")
     assert local_queue["metadata"] == {**local_queue["metadata"], "name": "qwen3-training", "namespace": NAMESPACE}
     (cluster_queue,) = by_kind(prod, "ClusterQueue")
@@ -85,10 +100,16 @@ def test_prod_gang_schedules_gpu_jobs_through_kueue(builds):
     queued = {f["name"] for g in cluster_queue["spec"]["resourceGroups"] for f in g["flavors"]}
     assert queued == set(flavors)
     assert flavors["h200"]["spec"]["nodeLabels"] == gpu["nodeSelector"]
-    gpu_quota = {r["name"]: r["nominalQuota"] for g in cluster_queue["spec"]["resourceGroups"]
+    gpu_quota = {r["name"]: amount(str(r["nominalQuota"])) for g in cluster_queue["spec"]["resourceGroups"]
                  for f in g["flavors"] if f["name"] == "h200" for r in f["resources"]}
-    largest = max(s["nodes"] for s in cluster["stages"].values()) * gpu["gpusPerNode"]
-    assert gpu_quota["nvidia.com/gpu"] >= largest  # the biggest stage can be admitted whole
+    contract = _contract(prod, tmp_path)
+    for stage, spec in PRESETS["full"].stages.items():  # every stage of the full preset is admitted whole
+        scale = spec.scale
+        assert _pool_of(scale) == "gpu", stage
+        pod = contract.pool("gpu").pod_resources(scale.gpus_per_node)
+        assert scale.nodes * scale.gpus_per_node <= gpu_quota["nvidia.com/gpu"], stage
+        assert scale.nodes * amount(pod["cpu"]) <= gpu_quota["cpu"], stage
+        assert scale.nodes * amount(pod["memory"]) <= gpu_quota["memory"], stage
     (priority,) = by_kind(prod, "PriorityClass")
     assert priority["metadata"]["name"] == cluster["scheduling"]["priorityClassName"]
     assert not by_kind(prod, "Secret")  # prod secrets come from outside, never from git

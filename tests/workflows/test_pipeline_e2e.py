@@ -15,18 +15,9 @@ import pytest
 from typer.testing import CliRunner
 
 from qwen3_trainer.model import storage
-from qwen3_trainer.workflows.presets import ALIASES, FLOW_NAMES, UPSTREAM
+from qwen3_trainer.recipe.graph import ALIASES, FLOW_NAMES, GRAPH, STAGES
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
-
-
-def _stages() -> list[str]:
-    """All eight once the post-training stage builder exists, else the pretraining three."""
-    try:
-        import qwen3_trainer.platform.posttrain.stages  # noqa: F401
-    except ModuleNotFoundError:
-        return ["S1", "S2", "S3"]
-    return ["S1", "S2", "S3", "T1", "T2", "T3", "T4", "D"]
 
 
 def test_tiny_pipeline_on_s3_mlflow_prefect(s3_bucket, mlflow_server, prefect_server, qtrain_home):
@@ -39,7 +30,7 @@ def test_tiny_pipeline_on_s3_mlflow_prefect(s3_bucket, mlflow_server, prefect_se
     from qwen3_trainer.workflows.plan import PipelineParams, plan
     from qwen3_trainer.workflows.registry import Registry
 
-    stages = _stages()
+    stages = list(STAGES)
     root = f"{s3_bucket}/runs"
     params = PipelineParams(preset="tiny", root=root, stages=stages, mlflow_uri=mlflow_server,
                             experiment="e2e", max_steps=2)
@@ -75,12 +66,18 @@ def test_tiny_pipeline_on_s3_mlflow_prefect(s3_bucket, mlflow_server, prefect_se
         assert tags["mlflow.parentRunId"] == parent.info.run_id and run.info.run_name == FLOW_NAMES[stage]
         assert run.info.status == "FINISHED" and tags["qwen3.checkpoint_uri"] == checkpoints[stage]
         up = plans[stage].upstream  # D's student starts from the S3 base (same flavor in tiny)
-        assert up == (UPSTREAM[stage] or ("S3" if stage == "D" else None))
+        assert up == (GRAPH[stage].upstream or ("S3" if stage == "D" else None))
         assert tags["qwen3.init_checkpoint"] == (checkpoints[up] if up else "none")
         if stage == "D":
             assert tags["qwen3.teacher_checkpoint"] == checkpoints["T4"]
         assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2]
         assert run.data.params["model.flavor"] == "debugmodel"  # logged by the trainer itself
+        # the recipe spec the flow logs and the config the trainer logs agree (both capped to 2 steps)
+        spec = plans[stage].spec
+        assert run.data.params["training.steps"] == run.data.params["recipe.training.steps"] == "2"
+        assert run.data.params["training.seq_len"] == run.data.params["recipe.training.seq_len"] == str(
+            spec.training.seq_len)
+        assert float(run.data.params["optimizer.lr"]) == float(run.data.params["recipe.training.lr"])
         assert "plots/loss.png" in [a.path for a in client.list_artifacts(run.info.run_id, "plots")]
         name = "qwen3-tiny-student" if stage == "D" else "qwen3-tiny-teacher"
         version = client.get_model_version_by_alias(name, ALIASES[stage])
@@ -95,6 +92,15 @@ def test_tiny_pipeline_on_s3_mlflow_prefect(s3_bucket, mlflow_server, prefect_se
         keys = {a.key for a in prefect.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(like_="%-summary")))}
     assert {f"{FLOW_NAMES[s]}-summary" for s in stages} <= keys
+
+    # -- data preparation and the thinking-budget curve ran as jobs, not in the flow's process
+    jobs = {p.name for p in (qtrain_home / "jobs").iterdir()}
+    for stage in ("T1", "T2", "T3", "T4", "D"):
+        assert f"qwen3-{stage.lower()}-{plans[stage].config_hash[:12]}-prep" in jobs
+    for stage in ("T4", "D"):
+        assert f"qwen3-{stage.lower()}-{plans[stage].config_hash[:12]}-eval" in jobs
+        run = client.get_run(shown[stage]["mlflow_run_id"])
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "thinking_budget/accuracy")] == [0, 8, 16, 32]
 
     # -- a re-run skips every stage: no new job, same checkpoints
     jobs_before = sorted(p.name for p in (qtrain_home / "jobs").iterdir())

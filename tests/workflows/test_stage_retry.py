@@ -1,7 +1,7 @@
 """A failed stage job is retried by Prefect and resumes from its last complete checkpoint.
 
 S1 (tiny: 8 steps, a checkpoint every 4) runs as a real local job. Once step-000004 is COMPLETE the
-trainer is SIGKILLed; the job's ExitCode policy restarts the gang (backoff_limit 1), which is killed
+trainer is SIGKILLed; the job's ExitCode policy restarts the gang (cluster.yaml runPolicy.backoffLimit 1), which is killed
 too, so the job ends Failed. Prefect's task retry resubmits it, and the trainer resumes from
 step-000004: the MLflow run carries ``resumed_from``, the stage ends at step 8, registered once.
 """
@@ -58,6 +58,9 @@ def test_failed_job_retries_from_last_checkpoint(tmp_path, prefect_server, qtrai
     from qwen3_trainer.workflows.registry import Registry
 
     root, db = tmp_path / "root", f"sqlite:///{tmp_path}/mlflow.db"
+    cluster = tmp_path / "cluster.yaml"  # the cluster contract's run policy: one gang restart, then Failed
+    cluster.write_text("runPolicy: {backoffLimit: 1}\n")
+    monkeypatch.setenv("QTRAIN_CLUSTER_CONFIG", str(cluster))
     params = PipelineParams(root=str(root), stages=["S1"], mlflow_uri=db, register_models=False)
     stop, log = threading.Event(), []
     killer = threading.Thread(target=_kill_twice, args=(qtrain_home, root, stop, log), daemon=True)

@@ -118,12 +118,17 @@ def test_teacher_with_another_vocabulary_is_one_line_error(tmp_path, hf_checkpoi
 
 
 def test_coldstart_stage_sft_job(tmp_path):
-    from qwen3_trainer.platform.posttrain import stages
+    """T1 of the tiny recipe: its preparation job's data, then its training config, as the pipeline runs them."""
+    from qwen3_trainer.platform.posttrain.prepare import PrepareConfig, prepare
+    from qwen3_trainer.recipe.plan import plan
+    from qwen3_trainer.recipe.presets import PRESETS
 
-    stages.prepare_stage_data("T1", "tiny", str(tmp_path), None)
-    cfg = stages.stage_config("T1", preset="tiny", workdir=str(tmp_path), init_checkpoint=None)
+    p = plan(PRESETS["tiny"], ["T1"])["T1"]
+    prepare(PrepareConfig.model_validate(p.prepare_config(str(tmp_path), init=None, teacher=None)))
+    cfg = p.train_config(str(tmp_path), init=None, teacher=None, dump=str(tmp_path / "run"))
+    cfg.pop("init")
     cfg["training"]["steps"] = 2
     path = tmp_path / "t1.yaml"
     path.write_text(yaml.safe_dump(cfg))
     run_train(path)
-    assert Path(stages.stage_output("T1", str(tmp_path)), "config.json").exists()
+    assert Path(p.workdir(str(tmp_path)), "hf", "config.json").exists()

@@ -1,0 +1,47 @@
+"""A user's own recipe: a YAML/JSON file holding a whole ``Preset`` (``qtrain recipe show NAME`` prints one
+to start from). Read through the storage module (local or ``s3://``); every error is one line naming the
+file and the dotted key.
+"""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+from pydantic import ValidationError
+
+
+def describe(exc: ValidationError) -> str:
+    """``dotted.key: message`` of a ValidationError's first error (+N more)."""
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "tagged-union")))
+    msg = first["msg"].removeprefix("Value error, ")
+    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    return (f"{loc}: {msg}" if loc else msg) + more
+
+
+def load_preset_file(path: str):
+    from qwen3_trainer.model import storage
+    from qwen3_trainer.recipe.presets import Preset
+
+    try:
+        text = storage.read_text(path)
+    except FileNotFoundError:
+        raise ValueError(f"recipe file {path}: not found") from None
+    except storage.StorageError as exc:
+        raise ValueError(f"recipe file {path}: {exc}") from None
+    try:
+        raw = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as exc:
+        raise ValueError(f"recipe file {path}: not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"recipe file {path}: expected a mapping (a Preset), got {type(raw).__name__}")
+    try:
+        return Preset.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(f"recipe file {path}: {describe(exc)}") from None
+
+
+def dump_preset(preset) -> str:
+    """The preset as YAML, every field spelled out (a user edits it and passes it as --preset FILE)."""
+    return yaml.safe_dump(preset.model_dump(mode="json"), sort_keys=False, width=110)
