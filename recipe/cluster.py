@@ -301,6 +301,10 @@ def load_cluster_config(path: str | None = None) -> ClusterConfig:
         data = yaml.safe_load(storage.read_text(path))
     except FileNotFoundError:
         raise ValueError(f"{path}: not found (${ENV})") from None
+    except storage.StorageError as exc:  # not found (older storage module), unreachable, a directory
+        if "not found" in str(exc):
+            raise ValueError(f"{path}: not found (${ENV})") from None
+        raise ValueError(f"{path}: {exc}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

@@ -34,10 +34,10 @@ from prefect.artifacts import (
 from prefect.runtime import flow_run as current_flow_run
 
 from qwen3_trainer.model import storage
-from qwen3_trainer.workflows import stage_job
-from qwen3_trainer.workflows.lineage import Lineage, default_uri
 from qwen3_trainer.recipe.graph import ALIASES, FLOW_NAMES, GRAPH, STAGES
 from qwen3_trainer.recipe.jobs import job_spec
+from qwen3_trainer.workflows import stage_job
+from qwen3_trainer.workflows.lineage import Lineage, default_uri
 from qwen3_trainer.workflows.plan import PipelineParams, StagePlan, StageRun, preflight, preset_of
 from qwen3_trainer.workflows.registry import CheckpointRecord, PipelineRecord, Registry, new_pipeline_id, now
 
