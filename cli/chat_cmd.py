@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from qwen3_trainer.cli.output import UsageError, console, handle_errors, print_json
+from qwen3_trainer.cli.output import UsageError, bad_input, console, handle_errors, print_json
 
 app = typer.Typer(help="Chat with a Qwen3 checkpoint (thinking or not, with a thinking budget).")
 
@@ -41,6 +41,27 @@ def load_checkpoint(path: str, device: str = "cpu"):
     else:
         raise UsageError(f"checkpoint {path}: neither a HF checkpoint (*.safetensors) nor DCP (.metadata)")
     return model.eval(), "tokenizer.json" in files
+
+
+def check_device(device: str) -> None:
+    """A one-line UsageError for a device this machine does not have (before any weights load)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {device!r}: {str(exc).splitlines()[0]}", hint="e.g. cpu, cuda, cuda:1") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"--device {device}: no CUDA GPU is visible to torch on this machine",
+                             hint="use --device cpu (the default)")
+        if dev.index is not None and dev.index >= count:
+            raise UsageError(f"--device {device}: this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"--device {device}: MPS is not available on this machine", hint="use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"--device {device}: unsupported device type {dev.type!r}", hint="use cpu or cuda")
 
 
 def _split(text: str) -> tuple[str, str]:
@@ -130,7 +151,9 @@ def command(
         raise UsageError("give --prompt or --messages, not both")
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                             thinking_budget=thinking_budget, seed=seed)  # fmt: skip
-    params.validate()
+    with bad_input():
+        params.validate()
+    check_device(device)
     dialog = [{"role": "system", "content": system}] if system else []
     if messages is not None:
         try:
@@ -138,7 +161,8 @@ def command(
         except json.JSONDecodeError as exc:
             raise UsageError(f"--messages {messages}: not JSON ({exc.msg} at line {exc.lineno})") from None
         dialog += loaded if isinstance(loaded, list) else [loaded]
-        validate_messages(dialog)
+        with bad_input():
+            validate_messages(dialog)
     if prompt is not None:
         dialog.append({"role": "user", "content": prompt})
     model, has_tok = load_checkpoint(checkpoint, device)

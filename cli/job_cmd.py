@@ -4,6 +4,7 @@ Examples:
     qtrain job render k8s/jobs/qwen3-30b-a3b-4x8.yaml              # the PyTorchJob YAML (+ ConfigMap)
     qtrain job submit k8s/jobs/debugmodel-cpu.yaml --wait          # local processes, live display
     qtrain job submit k8s/jobs/qwen3-30b-a3b-4x8.yaml --backend k8s
+    qtrain job submit k8s/jobs/debugmodel-cpu.yaml --replace       # rerun: replaces the finished job's record
     qtrain job status qwen3-debugmodel-cpu --json
     qtrain job logs qwen3-debugmodel-cpu --replica worker --index 0 -f
     qtrain job list -l qwen3-trainer.io/run-id=exp-42
@@ -26,7 +27,15 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from qwen3_trainer.cli.output import UsageError, console, fail, handle_errors, print_json, print_table
+from qwen3_trainer.cli.output import (
+    UsageError,
+    bad_input,
+    console,
+    fail,
+    handle_errors,
+    print_json,
+    print_table,
+)
 
 app = typer.Typer(help="Training jobs: render, submit, status, logs, cancel, list.", no_args_is_help=True)
 
@@ -54,6 +63,49 @@ def _launcher(backend: Backend, namespace: str | None = None, kubeconfig: str | 
     return get_launcher("local")
 
 
+TRAINER_ENTRY = ["qwen3_trainer.cli.main", "train"]   # the tail of JobSpec.entrypoint that runs `qtrain train`
+
+
+def load_checked(path: Path):
+    """The JobSpec at ``path`` and its folder, after the checks of ``qtrain train`` that need nothing
+    outside the documents (fields, degrees against nodes x processes, steps, data section) on the
+    training config it embeds or names. A config given as a URI is read, and checked, by the trainer."""
+    from pydantic import ValidationError
+
+    from qwen3_trainer.platform.jobs import load_spec, render
+    from qwen3_trainer.platform.jobs.spec import URI, SpecError
+
+    spec, base = load_spec(path)
+    with bad_input(FileNotFoundError, ValueError):   # render reads a `train` file: missing, not YAML/TOML
+        render(spec, base)
+    if list(spec.entrypoint[-2:]) != TRAINER_ENTRY or (isinstance(spec.train, str) and URI.match(spec.train)):
+        return spec, base
+    from qwen3_trainer.platform.train.run import PreflightError, check_config, read_config
+
+    where = f"{path}: train"
+    ranks = f"{spec.nodes} node(s) x {spec.procs_per_node} process(es) = {spec.world_size} rank(s)"
+    try:
+        if isinstance(spec.train, str):
+            config = (base / spec.train).resolve()
+            where = f"{path}: train ({config})"
+            if not config.is_file():
+                raise SpecError(f"{where}: config file not found")
+            check_config(read_config(str(config)).model_dump(), spec.world_size)
+        else:
+            check_config(spec.train, spec.world_size)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        msg = first["msg"].removeprefix("Value error, ")
+        raise SpecError(f"{where}: {loc + ': ' if loc else ''}{msg}{more}") from None
+    except PreflightError as exc:
+        err = SpecError(f"{where}: {exc}")
+        err.hint = f"the job runs {ranks}" if "world size" in str(exc) else None
+        raise err from None
+    return spec, base
+
+
 def _launcher_errors(fn):
     """LauncherError -> one line + hint; exit 1 for auth/server trouble, 2 for what the user can fix."""
 
@@ -77,9 +129,9 @@ def render_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Print the Kubernetes objects a JobSpec becomes (ConfigMap + kubeflow.org/v1 PyTorchJob)."""
-    from qwen3_trainer.platform.jobs import load_spec, render
+    from qwen3_trainer.platform.jobs import render
 
-    job_spec, base = load_spec(spec)
+    job_spec, base = load_checked(spec)
     rendered = render(job_spec, base)
     if as_json:
         print_json(rendered.objects)
@@ -95,16 +147,15 @@ def submit_cmd(
     backend: BackendOpt = Backend.local,
     wait: Annotated[bool, typer.Option("--wait", "-w", help="Wait until the job ends, with a live display.")] = False,
     timeout: Annotated[float | None, typer.Option(help="With --wait: give up after this many seconds.")] = None,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace a finished job of the same name (its record and logs; on k8s the PyTorchJob).")] = False,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Submit a job. Exit code with --wait: 0 Succeeded, 1 Failed."""
-    from qwen3_trainer.platform.jobs import load_spec
-
-    job_spec, base = load_spec(spec)           # an invalid spec stops here, before any API call
+    """Submit a job. Exit code with --wait: 0 Succeeded, 1 Failed. A job name in use is refused (--replace)."""
+    job_spec, base = load_checked(spec)        # an invalid spec or config stops here, before any API call
     launcher = _launcher(backend, job_spec.namespace, kubeconfig, context)
-    handle = launcher.submit(job_spec, base_dir=base)
+    handle = launcher.submit(job_spec, base_dir=base, replace=replace)
     if not wait:
         if as_json:
             print_json(handle.__dict__)

@@ -1,5 +1,12 @@
-"""The one output helper of the CLI: rich tables for people, ``--json`` for scripts, and one-line
-errors (exit code 2 for bad input) with the traceback only under ``QTRAIN_DEBUG=1``."""
+"""The one output helper of the CLI: rich tables for people, ``--json`` for scripts, and the error model.
+
+Errors: the project's own error types — bad input (``UsageError``, a JobSpec or training config that
+does not validate, a preflight check), storage, tracking and launcher failures — print one line plus a
+hint and exit with code 2. Anything else is a crash: it propagates with its traceback (in a
+PyTorchJob pod the log is read after the fact, so nobody could set a debug flag then). Printed
+messages have the credentials of any URL in them redacted. ``QTRAIN_DEBUG=1`` shows the traceback of
+known errors too.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,8 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import typer
@@ -17,13 +25,19 @@ from rich.table import Table
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
-
 class UsageError(Exception):
     """Bad input from the user: printed as one line, exit code 2."""
 
     def __init__(self, message: str, hint: str | None = None):
         super().__init__(message)
         self.hint = hint
+
+
+def redact(text: str) -> str:
+    """``http://user:password@host`` -> ``http://***@host``, anywhere in ``text`` (model.storage.redact)."""
+    from qwen3_trainer.model.storage import redact as _redact
+
+    return _redact(text)
 
 
 def print_json(data: Any) -> None:
@@ -40,20 +54,39 @@ def print_table(title: str | None, columns: Sequence[str], rows: Sequence[Sequen
 
 
 def fail(message: str, hint: str | None = None, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {redact(message)}", highlight=False, soft_wrap=True, markup=True)
     if hint:
-        err_console.print(f"[dim]hint: {hint}[/]", highlight=False, soft_wrap=True)
+        err_console.print(f"[dim]hint: {redact(hint)}[/]", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
-# Exceptions that mean "bad input", mapped to exit code 2 with a one-line message.
-def _bad_input_types() -> tuple[type[BaseException], ...]:
-    from pydantic import ValidationError
+# The project's own error types, by module: an exception can only be one of them if its module is
+# loaded, so none is imported here (a failing command stays fast).
+KNOWN_ERRORS = {
+    "qwen3_trainer.cli.output": ("UsageError",),
+    "qwen3_trainer.model.storage": ("StorageError",),
+    "qwen3_trainer.model.hf_interop": ("HFFormatError",),
+    "qwen3_trainer.model.tokenizer": ("TokenizerError",),
+    "qwen3_trainer.model.flavors": ("UnknownFlavorError",),
+    "qwen3_trainer.platform.jobs.spec": ("SpecError",),
+    "qwen3_trainer.platform.jobs.status": ("LauncherError",),
+    "qwen3_trainer.platform.train.run": ("PreflightError",),
+    "qwen3_trainer.platform.data.sources": ("DataError",),
+    "qwen3_trainer.platform.tracking": ("TrackingError",),
+    # a document (config, spec, parameters) that does not validate
+    "pydantic_core._pydantic_core": ("ValidationError",),
+}
 
-    return (UsageError, ValueError, FileNotFoundError, PermissionError, OSError, ValidationError, KeyError)
+
+def known_error_types() -> tuple[type[BaseException], ...]:
+    out = []
+    for module, names in KNOWN_ERRORS.items():
+        loaded = sys.modules.get(module)
+        out += [getattr(loaded, n) for n in names if loaded is not None and hasattr(loaded, n)]
+    return tuple(out)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     from pydantic import ValidationError
 
     if isinstance(exc, ValidationError):
@@ -62,13 +95,27 @@ def _one_line(exc: BaseException) -> str:
         more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         msg = first["msg"].removeprefix("Value error, ")
         where = "" if loc == "(root)" else f"{loc}: "
-        return f"{exc.title}: {where}{msg}{more}"
+        return redact(f"{exc.title}: {where}{msg}{more}").splitlines()[0]
     text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return redact(text[0] if text else type(exc).__name__)
+
+
+@contextmanager
+def bad_input(*types: type[BaseException], hint: str | None = None) -> Iterator[None]:
+    """Around one call that validates what the user gave (a parser, a validator) and signals a bad value
+    with a builtin type (``ValueError`` by default): those become a UsageError. Nothing else does."""
+    caught: tuple[type[BaseException], ...] = types or (ValueError,)
+    try:
+        yield
+    except caught as exc:
+        if isinstance(exc, known_error_types()):
+            raise
+        raise UsageError(one_line(exc), hint=hint) from exc
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Decorator for commands: known errors become one line + hint and exit code 2."""
+    """Decorator for commands: the project's own errors become one line + hint and exit code 2;
+    everything else propagates with its traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -76,9 +123,9 @@ def handle_errors(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort, KeyboardInterrupt):
             raise
-        except _bad_input_types() as exc:
-            if os.environ.get("QTRAIN_DEBUG"):
+        except Exception as exc:
+            if not isinstance(exc, known_error_types()) or os.environ.get("QTRAIN_DEBUG"):
                 raise
-            fail(_one_line(exc), getattr(exc, "hint", None) or "set QTRAIN_DEBUG=1 for the traceback")
+            fail(one_line(exc), getattr(exc, "hint", None) or "set QTRAIN_DEBUG=1 for the traceback")
 
     return wrapper

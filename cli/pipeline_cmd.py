@@ -22,7 +22,15 @@ from typing import Annotated
 
 import typer
 
-from qwen3_trainer.cli.output import UsageError, console, fail, handle_errors, print_json, print_table
+from qwen3_trainer.cli.output import (
+    UsageError,
+    bad_input,
+    console,
+    fail,
+    handle_errors,
+    print_json,
+    print_table,
+)
 
 app = typer.Typer(help="The Qwen3 recipe as a Prefect pipeline: run, show, ls, render.", no_args_is_help=True)
 
@@ -34,7 +42,8 @@ StudentInitOpt = Annotated[str | None, typer.Option("--student-init", help="D: t
 def _params(**kw):
     from qwen3_trainer.workflows.plan import PipelineParams
 
-    return PipelineParams.model_validate({k: v for k, v in kw.items() if v is not None})
+    with bad_input():   # the recipe layer says "unknown preset/stage" with ValueErrors
+        return PipelineParams.model_validate({k: v for k, v in kw.items() if v is not None})
 
 
 @app.command("run")
@@ -63,7 +72,8 @@ def run_cmd(
     params = _params(preset=preset, root=root, backend=backend, stages=stages, mlflow_uri=mlflow_uri,
                      experiment=experiment, max_steps=max_steps, namespace=namespace, register_models=register,
                      student_init=student_init)
-    preflight(params)
+    with bad_input():   # preflight's ValueErrors are about the input: configs, root, upstream stages
+        preflight(params)
     try:
         Lineage(params.mlflow_uri or default_uri(), params.experiment)
     except TrackingError as exc:
@@ -101,7 +111,8 @@ def show_cmd(
     from qwen3_trainer.workflows.registry import Registry
 
     registry = Registry(_params(root=root).root)
-    record = registry.load_pipeline(pipeline_id) if pipeline_id and not latest else registry.latest()
+    with bad_input():   # "no pipeline runs under ROOT" / "no pipeline ID"
+        record = registry.load_pipeline(pipeline_id) if pipeline_id and not latest else registry.latest()
     _show(record, as_json)
 
 
@@ -149,14 +160,16 @@ def render_cmd(
     from qwen3_trainer.workflows.plan import plan, preset_of, validate_configs
     from qwen3_trainer.workflows.stage_job import cluster_config
 
-    (name,) = parse_stages(stage)[:1] or [stage]
+    with bad_input():
+        (name,) = parse_stages(stage)[:1] or [stage]
     if stage.upper() != name:
         raise UsageError(f"--stage takes one stage, not {stage!r}")
     if job not in ("train", "prepare", "eval"):
         raise UsageError(f"--job must be train, prepare or eval, not {job!r}")
     params = _params(preset=preset, root=root, backend=backend, stages=[name], student_init=student_init)
-    plans = plan(params)
-    validate_configs(params, plans)
+    with bad_input():
+        plans = plan(params)
+        validate_configs(params, plans)
     p, spec = plans[name], plans[name].spec
     the_preset = preset_of(params)
     init = (f"{params.root}/stages/<{p.upstream}>/ckpt/step-N" if p.upstream
@@ -167,8 +180,9 @@ def render_cmd(
            "eval": lambda: p.eval_config(params.root)}[job]()
     if cfg is None:
         raise UsageError(f"stage {name} of preset {the_preset.name} has no {job} job")
-    js = job_spec(p, the_preset, cfg, kind=job, backend=backend, pipeline_id="render", cluster=cluster_config(backend),
-                  remote_storage=root.startswith("s3://"))
+    with bad_input():  # the cluster contract: node pools, GPUs per node, resources that fit
+        js = job_spec(p, the_preset, cfg, kind=job, backend=backend, pipeline_id="render",
+                      cluster=cluster_config(backend), remote_storage=root.startswith("s3://"))
     res = js.resources
     who = (f"student {spec.flavor} (init {init}) · teacher {the_preset.teacher_flavor} ({p.teacher})"
            if GRAPH[name].role == "student" else f"{spec.flavor} (from {p.upstream or 'scratch'})")

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from qwen3_trainer.cli.output import console, handle_errors, print_json, print_table
+from qwen3_trainer.cli.output import bad_input, console, handle_errors, print_json, print_table
 
 app = typer.Typer(help="The recipe's presets: ls, show.", no_args_is_help=True)
 
@@ -54,10 +54,11 @@ def show_cmd(
     from qwen3_trainer.recipe.graph import parse_stages
     from qwen3_trainer.recipe.presets import get_preset
 
-    p = get_preset(preset)
-    if stage:
-        (name,) = parse_stages(stage)[:1]
-        data = p.spec(name).model_dump(mode="json")
+    with bad_input():
+        p = get_preset(preset)
+        names = parse_stages(stage)[:1] if stage else []
+    if names:
+        data = p.spec(names[0]).model_dump(mode="json")
         print_json(data) if as_json else typer.echo(yaml.safe_dump(data, sort_keys=False), nl=False)
         return
     print_json(p.model_dump(mode="json")) if as_json else typer.echo(dump_preset(p), nl=False)

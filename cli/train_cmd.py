@@ -8,6 +8,7 @@ Examples:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -22,7 +23,12 @@ def _overrides(pairs: list[str]) -> dict:
         if "=" not in pair:
             raise UsageError(f"--set {pair!r}: expected KEY=VALUE", hint="e.g. --set training.steps=10")
         key, value = pair.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
+        if not key.strip() or any(not part for part in key.strip().split(".")):
+            raise UsageError(f"--set {pair!r}: empty key", hint="e.g. --set training.steps=10")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise UsageError(f"--set {pair!r}: value is not YAML ({str(exc).splitlines()[0]})") from None
     return out
 
 
@@ -32,11 +38,17 @@ def command(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: KEY=VALUE (dotted key).")] = None,
 ) -> None:
     """Train from CONFIG: pretraining, SFT, RL or distillation (fields: platform/train/config.py)."""
+    from qwen3_trainer.model import storage
+
+    overrides = _overrides(set_ or [])
+    local = config.removeprefix("file://")
+    if not storage.is_remote(config) and not Path(local).is_file():  # before the (seconds of) torch imports
+        raise UsageError(f"{config}: no such config file" if not Path(local).exists() else f"{config}: not a file")
     from qwen3_trainer.platform.tracking import TrackingError
     from qwen3_trainer.platform.train.run import main
 
     try:
-        code = main(config, _overrides(set_ or []))
+        code = main(config, overrides)
     except TrackingError as exc:
         raise UsageError(str(exc), hint="start MLflow or unset MLFLOW_TRACKING_URI") from None
     raise typer.Exit(code)

@@ -3,7 +3,8 @@
 ``from_hf(path)`` reads config.json to pick the shape, then the safetensors weights (single file or
 sharded with an index) through torchtitan's ``Qwen3StateDictAdapter``; ``to_hf(model, path)`` writes
 config.json + safetensors that ``transformers.AutoModelForCausalLM.from_pretrained`` loads. Paths are
-local or any fsspec URL (``s3://``). Writes are staged and published whole (``storage``).
+local or any fsspec URL (``s3://``). Writes are staged and published whole (``storage``), never over
+what a destination already holds unless asked to.
 """
 
 from __future__ import annotations
@@ -211,14 +212,17 @@ def hf_state_dict(model: Qwen3Model) -> dict[str, torch.Tensor]:
     return {k: v.contiguous().clone() for k, v in adapter.to_hf(state).items()}
 
 
-def to_hf(model: Qwen3Model, path: str, *, dtype: torch.dtype | None = None) -> str:
-    """Write ``model`` as a HF checkpoint directory at ``path`` (local or ``s3://``); returns path."""
+def to_hf(model: Qwen3Model, path: str, *, dtype: torch.dtype | None = None, overwrite: bool = False) -> str:
+    """Write ``model`` as a HF checkpoint directory at ``path`` (local or ``s3://``); returns path.
+
+    ``path`` must be new or empty unless ``overwrite``; the files are readable by all, as the official
+    checkpoints' are (safetensors alone writes 0600)."""
     args = model.model_args
     hf = hf_state_dict(model)
     if dtype is not None:
         hf = {k: v.to(dtype) for k, v in hf.items()}
     out_dtype = dtype or next(iter(hf.values())).dtype
-    with storage.staged_directory(path) as stage:
+    with storage.staged_directory(path, overwrite=overwrite) as stage:
         shards: list[dict[str, torch.Tensor]] = [{}]
         size = 0
         for key in sorted(hf):

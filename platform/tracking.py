@@ -38,28 +38,53 @@ class TrackerStopped(RuntimeError):
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested params as ``a.b.c: str``; credentials in URLs redacted (a param is public to the server's
+    readers)."""
+    from qwen3_trainer.model.storage import redact
+
     out: dict[str, str] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict) and v:
             out.update(flatten(v, key + "."))
         else:
-            out[key] = json.dumps(v) if isinstance(v, list | dict) else str(v)
+            out[key] = redact(json.dumps(v) if isinstance(v, list | dict) else str(v))
     return {k: v[:MAX_PARAM_LEN] for k, v in out.items()}
 
 
 def check_reachable(uri: str, timeout: float = 10.0) -> None:
-    """Raise TrackingError with one line if the MLflow server at ``uri`` does not answer."""
+    """Raise TrackingError with one line if the MLflow server at ``uri`` does not answer. Credentials in
+    the URI (``https://user:password@host``) are sent as basic auth and never printed."""
     if not uri.startswith(("http://", "https://")):
         return
+    import base64
+    import http.client
+    import urllib.parse
     import urllib.request
 
+    from qwen3_trainer.model.storage import redact
+
+    parts = urllib.parse.urlsplit(uri)
+    headers = {}
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+        host = parts.hostname or ""
+        netloc = host if ":" not in host else f"[{host}]"
+        if parts.port:
+            netloc += f":{parts.port}"
+    except ValueError as exc:  # a port that is not a number
+        raise TrackingError(f"MLflow URI {redact(uri)} is not a valid URL ({exc})") from None
+    if parts.username is not None:
+        user = urllib.parse.unquote(parts.username)
+        password = urllib.parse.unquote(parts.password or "")
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    health = urllib.parse.urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", ""))
+    try:
+        with urllib.request.urlopen(urllib.request.Request(health, headers=headers), timeout=timeout) as r:
             if r.status != 200:
-                raise TrackingError(f"MLflow at {uri} answered {r.status}")
-    except OSError as exc:
-        raise TrackingError(f"MLflow at {uri} is unreachable ({exc})") from None
+                raise TrackingError(f"MLflow at {redact(uri)} answered {r.status}")
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise TrackingError(redact(f"MLflow at {uri} is unreachable ({reason})")) from None
 
 
 class Tracker:
@@ -118,7 +143,7 @@ class Tracker:
     def set_tag(self, key: str, value: str) -> None:
         if self.enabled:
             self._check()
-            self._queue.put(("tag", (key, str(value))))
+            self._queue.put(("tag", (key, _redact(str(value)))))
 
     def close(self, status: str = "FINISHED") -> None:
         if not self.enabled or self._thread is None:
@@ -131,7 +156,7 @@ class Tracker:
             try:  # the thread never got to end the run: mark it failed rather than leave it RUNNING
                 self._client.set_terminated(self.run_id, status="FAILED")
             except Exception as exc:
-                print(f"[tracker] MLflow set_terminated failed: {exc}", flush=True)
+                print(_redact(f"[tracker] MLflow set_terminated failed: {exc}"), flush=True)
         self._check()
 
     # -- background thread ---------------------------------------------------------------------
@@ -178,14 +203,20 @@ class Tracker:
                             self._client.log_batch(self.run_id, metrics=metrics if i == 0 else [],
                                                    params=chunk, tags=tags if i == 0 else [])
                         except Exception as exc:  # a tracking server's failure never kills training
-                            print(f"[tracker] MLflow log_batch failed: {exc}", flush=True)
+                            print(_redact(f"[tracker] MLflow log_batch failed: {exc}"), flush=True)
                 if close is not None:
                     try:
                         self._client.set_terminated(self.run_id, status=close)
                     except Exception as exc:
-                        print(f"[tracker] MLflow set_terminated failed: {exc}", flush=True)
+                        print(_redact(f"[tracker] MLflow set_terminated failed: {exc}"), flush=True)
             if close is not None:
                 return
+
+
+def _redact(text: str) -> str:
+    from qwen3_trainer.model.storage import redact
+
+    return redact(text)
 
 
 class MlflowStore:
@@ -214,7 +245,7 @@ class MlflowStore:
 
     def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
         for k, v in tags.items():
-            self.client.set_tag(run_id, k, str(v))
+            self.client.set_tag(run_id, k, _redact(str(v)))
 
     def set_terminated(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)

@@ -69,6 +69,7 @@ def _objective(spec: StageSpec) -> dict[str, Any]:
         return {"name": obj.name, "params": {}}
     paths = data_paths(spec.stage)
     if obj.name == "grpo":
+        params["rewards"] = [{k: v for k, v in r.items() if v not in (None, {})} for r in params["rewards"]]
         params.update(queries=paths["queries"], eval_queries=paths["heldout"])
     else:  # distill_onpolicy: the teacher is the T4 checkpoint, its off-policy responses prepared
         params.update(teacher="{teacher}", prompts=paths["prompts"], offpolicy_data=paths["teacher"],

@@ -36,6 +36,8 @@ class StagePlan:
     def train_config(self, root: str, *, init: str | None, teacher: str | None, dump: str,
                      tracking: dict[str, Any] | None = None) -> dict[str, Any]:
         cfg = self._fill(self.train, root, init=init, teacher=teacher, dump=dump)
+        if init is None and "init" in cfg:  # no checkpoint to start from: the seeded random init (tests)
+            cfg.pop("init")
         if tracking:
             cfg["tracking"] = tracking
         return cfg

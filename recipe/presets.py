@@ -5,7 +5,7 @@ Each preset sizes all eight stages (graph.py). What changes between stages follo
 length 4K -> 32K and the RoPE base 1e4 -> 1e6 (ABF); T1/T3 are SFT, T2/T4 GRPO, D on-policy
 distillation after an off-policy phase. The report gives no batch sizes or learning rates: those
 below are this project's choices, and the post-training ones of ``tiny`` are the settings the
-post-training benchmark validated (benchmarks/posttrain.md, runs 4-7): fusion at a quarter of the
+post-training benchmark validated (docs/posttrain-history.md, runs 4-7): fusion at a quarter of the
 cold start's lr (2e-3 undid the GRPO gain, 5e-4 kept it), GRPO sampling at T 0.8 / top-p 0.95,
 off-policy distillation as SFT on the teacher's responses, on-policy target at teacher temperature 0.3.
 

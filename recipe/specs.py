@@ -10,7 +10,7 @@ lazily, at render/preflight).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -126,8 +126,10 @@ class Prepare(_Strict):
 
 
 class Reward(_Strict):
-    name: str                                   # platform.posttrain.rewards: math, format, instruction, ...
+    name: str                                   # platform.posttrain.rewards: math, format, instruction, judge, ...
     weight: float = 1.0
+    model: str | None = None                    # judge / reward_model: its checkpoint (HF or DCP, local or s3://)
+    params: dict[str, Any] = {}                 # the reward's own options, e.g. {batch: 16}
 
 
 class SFTObjective(_Strict):
@@ -148,6 +150,17 @@ class GRPOObjective(_Strict):
     clip_low: float = Field(0.2, gt=0)
     clip_high: float = Field(0.28, gt=0)        # DAPO clip-higher
     kl_coef: float = Field(0.0, ge=0)
+    kl_estimator: Literal["k1", "k2", "k3"] = "k3"   # Schulman's estimator of KL(policy || reference)
+    kl_in_reward: bool = False                  # kl_coef x the response's KL off its reward, not a loss term
+    # token-mean (DAPO), seq-mean-token-mean (GRPO paper), seq-mean-token-sum-norm (Dr. GRPO)
+    loss_agg: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = "token-mean"
+    entropy_coef: float = Field(0.0, ge=0)      # entropy bonus in the loss
+    overlong_filter: bool = False               # responses cut at max_new_tokens leave the loss
+    overlong_buffer: int = Field(0, ge=0)       # DAPO soft punishment over the budget's last tokens (0: off)
+    overlong_penalty: float = Field(1.0, ge=0)  # the punishment at max_new_tokens
+    dynamic_sampling: bool = False              # DAPO: drop equal-reward groups, refill from further prompts
+    dynamic_sampling_rounds: int = Field(2, ge=0)  # extra rollout rounds a step may take to refill
+    logprob_chunk: int = Field(2048, gt=0)      # token rows per fp32 log-softmax chunk
     rewards: list[Reward] = [Reward(name="math"), Reward(name="format", weight=0.2)]
     eval_size: int = Field(64, ge=0)
 

@@ -24,7 +24,7 @@ if [ "${SKIP_INSTALL:-0}" != 1 ]; then
 fi
 BIN="$REPO/.venv/bin"
 
-up() { curl -fsS -o /dev/null --max-time 3 "$1"; }
+up() { curl -fs -o /dev/null --max-time 3 "$1" 2>/dev/null; }   # quiet: it is asked again every second while servers start
 wait_up() {  # url, what, log, seconds
   local deadline=$((SECONDS + $4))
   until up "$1"; do

@@ -165,8 +165,8 @@ def run_stage(stage: str, run: StageRun) -> str:
         checkpoint = train.with_options(retries=preset.retries)(
             spec.model_dump(mode="json"), params.backend, params.namespace, cfg["checkpoint"]["dir"],
             (params.root, run.pipeline_id, stage))
-        if staged_hf:
-            _publish(staged_hf, hf_uri)
+        if staged_hf:  # the stage's own folder: replacing a partial export of an earlier attempt is right
+            storage.publish_dir(staged_hf, hf_uri, overwrite=True)
         evaluation = p.eval_config(params.root)
         if evaluation is not None and run_id:
             side_job.with_options(retries=preset.retries)(
@@ -202,23 +202,13 @@ def run_stage(stage: str, run: StageRun) -> str:
 
 
 def _stage_hf_locally(cfg: dict[str, Any], params: PipelineParams) -> str | None:
-    """Local jobs with an s3:// root write the HF export to their dump dir; the flow publishes it.
-    (``model.storage.staged_directory``'s S3 publish fails: s3fs ``mv`` of a prefix raises after
-    copying. Jobs on Kubernetes export straight to S3 and need that fix.)"""
+    """Local jobs with an s3:// root write the HF export to their dump dir; the flow publishes it
+    (``storage.publish_dir``: the one atomic publish, local or s3://)."""
     if params.backend != "local" or not storage.is_remote(params.root) or not cfg["checkpoint"].get("export_hf"):
         return None
     local = f"{cfg['dump_dir']}/hf"
     cfg["checkpoint"]["export_hf"] = local
     return local
-
-
-def _publish(local: str, uri: str) -> None:
-    fs, target = storage.filesystem(uri)
-    files = sorted(p for p in Path(local).rglob("*") if p.is_file())
-    if not files:
-        raise RuntimeError(f"no HF export in {local}")
-    for f in files:
-        fs.put_file(str(f), f"{target.rstrip('/')}/{f.relative_to(local)}")
 
 
 _PLANS: dict[str, dict[str, StagePlan]] = {}

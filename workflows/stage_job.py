@@ -43,8 +43,7 @@ def run(spec: JobSpec, backend: str, *, on_line: Callable[[str], None] = print,
     """Submit ``spec``, stream its log, wait for Succeeded/Failed. Cancels the job if interrupted."""
     launcher = _launcher(backend, namespace or spec.namespace)
     submit(launcher, spec)
-    stop = threading.Event()
-    follower = threading.Thread(target=_follow, args=(launcher, spec.name, on_line, stop), daemon=True,
+    follower = threading.Thread(target=_follow, args=(launcher, spec.name, on_line), daemon=True,
                                 name=f"logs-{spec.name}")
     follower.start()
     try:
@@ -53,19 +52,13 @@ def run(spec: JobSpec, backend: str, *, on_line: Callable[[str], None] = print,
         cancel(launcher, spec.name)
         raise
     finally:
-        stop.set()
         follower.join(timeout=10)
     return final
 
 
 def submit(launcher, spec: JobSpec) -> None:
     """A pipeline stage resubmits its own job name on retry (the trainer resumes): replace it."""
-    import inspect
-
-    if "replace" in inspect.signature(launcher.submit).parameters:
-        launcher.submit(spec, replace=True)
-    else:
-        launcher.submit(spec)
+    launcher.submit(spec, replace=True)
 
 
 def cancel(launcher, name: str) -> None:
@@ -79,11 +72,9 @@ def cancel_job(backend: str, name: str, namespace: str | None = None) -> None:
     cancel(_launcher(backend, namespace), name)
 
 
-def _follow(launcher, name: str, on_line: Callable[[str], None], stop: threading.Event) -> None:
-    try:
+def _follow(launcher, name: str, on_line: Callable[[str], None]) -> None:
+    try:  # read to the end of the log (the job's last lines come after wait() returns)
         for line in launcher.logs(name, follow=True):
-            if stop.is_set():
-                return
             on_line(line)
     except Exception as exc:  # noqa: BLE001 - log streaming is best effort; wait() decides
         on_line(f"(log stream of {name} ended: {exc})")

@@ -28,6 +28,7 @@ from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 from kubernetes.client.rest import ApiException
 
+from qwen3_trainer.platform.jobs.local_state import last_error_line
 from qwen3_trainer.platform.jobs.render import API_VERSION, CONTAINER, KIND, RenderedJob, render
 from qwen3_trainer.platform.jobs.spec import JobSpec
 from qwen3_trainer.platform.jobs.status import (
@@ -44,6 +45,8 @@ REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
 REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 WATCH_S = 5          # a watch is renewed this often, so pod phases refresh even when the job is idle
+REPLACE_WAIT_S = 60  # submit --replace: how long the deletion of the finished job may take
+LOG_TAIL = 200       # lines of a failed pod's log searched for the line that says why
 
 
 class K8sLauncher:
@@ -57,11 +60,15 @@ class K8sLauncher:
         self.core = k8s.CoreV1Api(self.api)
 
     # -- submit ---------------------------------------------------------------------------------
-    def submit(self, spec: JobSpec, base_dir: str | Path | None = None) -> JobHandle:
-        """Create the ConfigMap, then the PyTorchJob, then make the job the ConfigMap's owner."""
+    def submit(self, spec: JobSpec, base_dir: str | Path | None = None, replace: bool = False) -> JobHandle:
+        """Create the ConfigMap, then the PyTorchJob, then make the job the ConfigMap's owner. A job of
+        the same name is refused (409), unless it has finished and ``replace`` is set: it is then
+        deleted first (with its pods and ConfigMap)."""
         rendered = render(spec, base_dir)
         ns = spec.namespace
         name = spec.name
+        if replace and self._exists(name, ns):
+            self._delete_finished(name, ns)
         if rendered.configmap:
             self._create_configmap(rendered, ns, name)
         try:
@@ -77,6 +84,19 @@ class K8sLauncher:
             self._call("patch", f"ConfigMap {ns}/{name}-config", ns, self.core.patch_namespaced_config_map,
                        f"{name}-config", ns, {"metadata": {"ownerReferences": [owner]}})
         return JobHandle(self.backend, name, ns, spec.run)
+
+    def _delete_finished(self, name: str, ns: str) -> None:
+        current = self.status(name, ns)
+        if not current.finished:
+            raise LauncherError(f"PyTorchJob {ns}/{name} already exists ({current.state})", status=409,
+                                hint=f"qtrain job cancel {name} --backend k8s, or choose another name")
+        self.cancel(name, ns)
+        end = time.monotonic() + REPLACE_WAIT_S
+        while self._exists(name, ns):
+            if time.monotonic() > end:
+                raise LauncherError(f"PyTorchJob {ns}/{name} is still being deleted after {REPLACE_WAIT_S:.0f}s",
+                                    hint="submit again once `qtrain job status` says it is gone", status=409)
+            time.sleep(0.5)
 
     def _create_configmap(self, rendered: RenderedJob, ns: str, name: str) -> None:
         what = f"ConfigMap {ns}/{name}-config"
@@ -99,7 +119,32 @@ class K8sLauncher:
                          GROUP, VERSION, ns, PLURAL, name)
         pods = self._call("list", f"pods of {ns}/{name}", ns, self.core.list_namespaced_pod, ns,
                           label_selector=f"{JOB_NAME_LABEL}={name}")
-        return _job_status(job, pods.items)
+        status = _job_status(job, pods.items)
+        if status.state == "Failed":
+            _add_cause(status, self._failure_line(ns, pods.items))
+        return status
+
+    def _failure_line(self, ns: str, pods: list) -> str | None:
+        """Why the first failed pod failed: the last error line of its container's termination message
+        (terminationMessagePolicy FallbackToLogsOnError puts the log's tail there), else of its log."""
+        for pod in sorted(pods, key=lambda p: p.metadata.name):
+            cs = next((c for c in (pod.status.container_statuses or []) if c.name == CONTAINER), None)
+            terminated = cs and (cs.state and cs.state.terminated or cs.last_state and cs.last_state.terminated)
+            if pod.status.phase != "Failed" and not (terminated and terminated.exit_code):
+                continue
+            if terminated and terminated.message:
+                line = last_error_line(terminated.message.splitlines())
+                if line:
+                    return f"{pod.metadata.name}: {line}"
+            try:
+                text = self.core.read_namespaced_pod_log(pod.metadata.name, ns, container=CONTAINER,
+                                                         tail_lines=LOG_TAIL)
+            except (ApiException, urllib3.exceptions.HTTPError):
+                continue             # no log to read (pod gone, no permission): the condition stays as is
+            line = last_error_line(str(text).splitlines())
+            if line:
+                return f"{pod.metadata.name}: {line}"
+        return None
 
     def wait(self, name: str, timeout: float | None = None,
              on_update: Callable[[JobStatus], None] | None = None, namespace: str | None = None) -> JobStatus:
@@ -269,6 +314,18 @@ def _api_error(exc: ApiException, action: str, what: str, ns: str) -> LauncherEr
         hint = hint.format(ns=ns)
     return LauncherError(f"cannot {action} {what}: {exc.status} {exc.reason}: {message}",
                          hint=hint, status=exc.status)
+
+
+def _add_cause(status: JobStatus, line: str | None) -> None:
+    """Append the failing replica's error line to the Failed condition's message."""
+    if not line:
+        return
+    for i in range(len(status.conditions) - 1, -1, -1):
+        c = status.conditions[i]
+        if c.type == "Failed" and c.status == "True":
+            message = c.message.rstrip(".")
+            status.conditions[i] = c.model_copy(update={"message": f"{message}: {line}" if message else line})
+            return
 
 
 def _job_status(job: dict, pods: list) -> JobStatus:

@@ -7,8 +7,9 @@ Same method names and JobStatus shape as the Kubernetes launcher.
 
 Local specifics: the image is not used (the replicas run this Python environment, cwd = the
 submitter's); a ``secretKeyRef`` variable takes the submitting shell's value of the same name; a
-finished job's name can be reused (its old directory is replaced, like a PyTorchJob past its TTL);
-GPUs are handed out per replica when the spec asks for them, CPU jobs see none.
+job's name is its directory, so a name in use is refused, and a finished job's record and logs are
+replaced only with ``replace=True`` (``qtrain job submit --replace``); GPUs are handed out per
+replica when the spec asks for them, CPU jobs see none.
 """
 
 from __future__ import annotations
@@ -40,11 +41,12 @@ class LocalLauncher:
         self._children: dict[str, subprocess.Popen] = {}   # supervisors this process started (reaped)
 
     # -- submit ---------------------------------------------------------------------------------
-    def submit(self, spec: JobSpec, base_dir: str | Path | None = None) -> JobHandle:
-        """Render and start ``spec``; returns once the supervisor runs (the job goes on without us)."""
+    def submit(self, spec: JobSpec, base_dir: str | Path | None = None, replace: bool = False) -> JobHandle:
+        """Render and start ``spec``; returns once the supervisor runs (the job goes on without us).
+        A job of the same name is refused, unless it has finished and ``replace`` is set."""
         rendered = render(spec, base_dir)
         gpus = _gpus_for(spec)
-        job_dir = self._claim(spec.name)
+        job_dir = self._claim(spec.name, replace)
         try:
             self._write(job_dir, spec, rendered, gpus)
             uid = ls.read_state(job_dir).uid
@@ -61,13 +63,17 @@ class LocalLauncher:
         self._children[spec.name] = proc
         return JobHandle(self.backend, spec.name, spec.namespace, spec.run)
 
-    def _claim(self, name: str) -> Path:
+    def _claim(self, name: str, replace: bool) -> Path:
         job_dir = self.root / name
         if (job_dir / "state.json").exists():
             current = self.status(name)
             if not current.finished:
                 raise LauncherError(f"local job {name} already exists ({current.state})",
                                     hint=f"qtrain job cancel {name}, or choose another name", status=409)
+            if not replace:
+                raise LauncherError(f"local job {name} already exists ({current.state}); its record and logs "
+                                    f"are under {job_dir}", status=409,
+                                    hint="submit with --replace to replace them, or choose another name")
             shutil.rmtree(job_dir)
         job_dir.mkdir(parents=True, exist_ok=True)
         return job_dir

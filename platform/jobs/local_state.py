@@ -17,7 +17,10 @@ is known by the identity (pid and kernel start time) the submitter records in ``
 from __future__ import annotations
 
 import os
+import re
 import signal
+from collections import deque
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
@@ -65,6 +68,41 @@ def log_path(job_dir: Path, pod: str) -> Path:
     path = job_dir / "logs" / f"{pod}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
     return path
+
+
+ATTEMPT_HEADER = "==== qtrain: attempt "
+MAX_ERROR_LINE = 500
+_RANK_PREFIX = re.compile(r"^\[(?:rank|default)?\d+\]:?\s*")
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt)\b(?::.*)?$")
+# what torchrun prints about a failed worker: the consequence, never the cause
+_LAUNCHER_NOISE = ("ChildFailedError", "SignalException", "torch.distributed.elastic")
+
+
+def last_error_line(lines: Iterable[str]) -> str | None:
+    """The line that says why a replica failed, from the end of its log: the last one-line error of the
+    CLI (``error: ...``), else the last exception line of a traceback (``ValueError: ...``), skipping what
+    torchrun adds about a failed worker. Used for the Failed condition of both backends."""
+    cli = exception = None
+    for raw in lines:
+        line = _RANK_PREFIX.sub("", raw.strip())
+        if line.startswith("error: "):
+            cli = line
+        elif _EXCEPTION_LINE.match(line) and not any(n in line for n in _LAUNCHER_NOISE):
+            exception = line
+    found = cli or exception
+    return found[:MAX_ERROR_LINE] if found else None
+
+
+def last_attempt_error(path: Path, max_lines: int = 400) -> str | None:
+    """``last_error_line`` of the latest attempt in a replica's log file (``None`` without one)."""
+    try:
+        with open(path, errors="replace") as f:
+            tail = deque(f, maxlen=max_lines)
+    except OSError:
+        return None
+    lines = list(tail)
+    starts = [i for i, line in enumerate(lines) if line.startswith(ATTEMPT_HEADER)]
+    return last_error_line(lines[starts[-1] + 1:] if starts else lines)
 
 
 def _pids_with(marker: str, uid: str) -> list[int]:

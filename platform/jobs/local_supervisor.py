@@ -207,6 +207,9 @@ class Supervisor:
                 self.set("Failed", "DeadlineExceeded", f"PyTorchJob {name} has run longer than activeDeadlineSeconds.")
                 return 1
             why = f"{culprit.pod} exited with code {code}"
+            error = ls.last_attempt_error(ls.log_path(self.dir, culprit.pod))
+            if error:
+                why += f" ({error})"
             retry = culprit.restart_policy == "OnFailure" or (culprit.restart_policy == "ExitCode" and code >= 128)
             if not retry:
                 self.set("Failed", "PyTorchJobFailed",
@@ -228,7 +231,7 @@ class Supervisor:
         for r in replicas:
             path = ls.log_path(self.dir, r.pod)
             with open(path, "ab") as out:
-                out.write(f"==== qtrain: attempt {attempt} of {r.pod} started at {now()} ====\n".encode())
+                out.write(f"{ls.ATTEMPT_HEADER}{attempt} of {r.pod} started at {now()} ====\n".encode())
                 out.flush()
                 r.proc = subprocess.Popen(r.argv, env=r.env, cwd=self.state.cwd, stdin=subprocess.DEVNULL,
                                           stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

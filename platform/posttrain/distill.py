@@ -29,12 +29,15 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from typing import Any
+from typing import Annotated, Literal
 
 import torch
+from pydantic import ConfigDict, Field, validate_call
 
 from qwen3_trainer.platform.posttrain import losses
+from qwen3_trainer.platform.posttrain.grpo import one_line_params_error
 from qwen3_trainer.platform.posttrain.losses import IGNORE
+from qwen3_trainer.platform.train.objectives import BatchProducer
 
 log = logging.getLogger("qwen3_trainer.posttrain")
 
@@ -114,22 +117,23 @@ def load_sft_samples(paths, tokenizer, max_len: int) -> list[tuple[list[int], li
     return out
 
 
-class DistillOnPolicy:
+class DistillOnPolicy(BatchProducer):
     name = "distill_onpolicy"
     needs_reference = True
 
+    @one_line_params_error("distill_onpolicy")
+    @validate_call(config=ConfigDict(strict=True))
     def __init__(self, teacher: str, prompts: str | list[str], *, offpolicy_data: str | list[str] | None = None,
-                 offpolicy_steps: int = 0, offpolicy_mode: str = "kl", think_ratio: float = 0.5, samples_per_prompt: int = 1,
-                 prompts_per_step: int = 8, max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0,
-                 eval_queries: str | list[str] | None = None, eval_size: int = 64, seed: int = 0,
-                 teacher_temperature: float = 1.0):
-        if not teacher_temperature > 0:
-            raise ValueError(f"distill_onpolicy: teacher_temperature must be > 0, got {teacher_temperature!r}")
-        self.teacher_temperature = float(teacher_temperature)
+                 offpolicy_steps: Annotated[int, Field(ge=0)] = 0, offpolicy_mode: Literal["kl", "sft"] = "kl",
+                 think_ratio: Annotated[float, Field(ge=0, le=1)] = 0.5,
+                 samples_per_prompt: Annotated[int, Field(ge=1)] = 1, prompts_per_step: Annotated[int, Field(ge=1)] = 8,
+                 max_new_tokens: Annotated[int, Field(ge=1)] = 64, temperature: Annotated[float, Field(gt=0)] = 1.0,
+                 top_p: Annotated[float, Field(gt=0, le=1)] = 1.0, eval_queries: str | list[str] | None = None,
+                 eval_size: Annotated[int, Field(ge=0)] = 64, seed: int = 0,
+                 teacher_temperature: Annotated[float, Field(gt=0)] = 1.0):
         if offpolicy_steps and not offpolicy_data:
-            raise ValueError("distill_onpolicy: offpolicy_steps needs params.offpolicy_data")
-        if offpolicy_mode not in ("kl", "sft"):
-            raise ValueError(f"distill_onpolicy: offpolicy_mode must be 'kl' or 'sft', got {offpolicy_mode!r}")
+            raise ValueError("distill_onpolicy: params.offpolicy_steps needs params.offpolicy_data")
+        self.teacher_temperature = float(teacher_temperature)
         self.offpolicy_mode = offpolicy_mode
         self.teacher, self.prompts = teacher, prompts
         self.offpolicy_data, self.offpolicy_steps = offpolicy_data, offpolicy_steps
@@ -155,30 +159,35 @@ class DistillOnPolicy:
         key = "ce_sum" if batch.get("kl") == "sft" else "kl_sum"
         return total / normalizer, {key: float(total.detach()), "tokens": float(mask.sum())}
 
-    def fit(self, trainer) -> dict[str, Any]:
-        from qwen3_trainer.model.generation import SamplingParams
+    # -- the loop (Trainer.fit asks for each step's batches) -------------------------------------
+    def start(self, trainer) -> None:
         from qwen3_trainer.model.tokenizer import load_tokenizer
         from qwen3_trainer.platform.posttrain import rollouts
-        from qwen3_trainer.platform.posttrain.grpo import evaluate_accuracy, load_queries
+        from qwen3_trainer.platform.posttrain.grpo import load_queries
 
-        tok = load_tokenizer()
-        cfg = trainer.cfg
-        seq_len, mb, accum = cfg.training.seq_len, cfg.training.micro_batch_size, cfg.training.grad_accum
+        self.tok = load_tokenizer()
+        seq_len = trainer.cfg.training.seq_len
         trainer.ctx.reference = rollouts.frozen_model(self.teacher, trainer.device)
         losses.check_vocab(trainer.model_args.vocab_size, trainer.ctx.reference.model_args.vocab_size,
                            f"teacher {self.teacher}")
-        prompts = load_queries(self.prompts, "prompts")
-        held = load_queries(self.eval_queries, "eval_queries")[: self.eval_size] if self.eval_queries else []
-        offline = load_sft_samples(self.offpolicy_data, tok, seq_len) if self.offpolicy_steps else []
-        engine = rollouts.PolicyEngine(trainer, tok)
-        resumed = trainer.maybe_resume()
-        history: list[dict[str, Any]] = []
-        self._evaluate(trainer, engine, tok, held, history, evaluate_accuracy)
-        while trainer.step < cfg.training.steps:
-            rng = random.Random(self.seed * 1_000_003 + trainer.step)
+        self.train_prompts = load_queries(self.prompts, "prompts")
+        self.held = load_queries(self.eval_queries, "eval_queries")[: self.eval_size] if self.eval_queries else []
+        self.offline = load_sft_samples(self.offpolicy_data, self.tok, seq_len) if self.offpolicy_steps else []
+        self.policy_engine = rollouts.PolicyEngine(trainer, self.tok)
+        self.evaluate(trainer)
+
+    def steps(self, trainer):
+        """The off-policy phase's steps (teacher responses), then on-policy steps (the student's samples)."""
+        from qwen3_trainer.model.generation import SamplingParams
+        from qwen3_trainer.platform.posttrain import rollouts
+
+        cfg, tok = trainer.cfg, self.tok
+        seq_len, mb, accum = cfg.training.seq_len, cfg.training.micro_batch_size, cfg.training.grad_accum
+        while True:
+            rng = random.Random(self.seed * 1_000_003 + trainer.step)  # a function of the step: resumable
             if trainer.step < self.offpolicy_steps:
                 n = mb * accum * trainer.dp_world
-                picked = [offline[rng.randrange(len(offline))] for _ in range(n)]
+                picked = [self.offline[rng.randrange(len(self.offline))] for _ in range(n)]
                 mine = picked[trainer.dp_rank:: trainer.dp_world]
                 batches = rollouts.sequences_to_batches([[] for _ in mine], [ids for ids, _ in mine],
                                                         [m for _, m in mine], micro_batch_size=mb,
@@ -187,14 +196,15 @@ class DistillOnPolicy:
                 for b in batches:
                     b["kl"] = "forward" if self.offpolicy_mode == "kl" else "sft"
             else:
-                engine.sync(trainer)
-                picked = [prompts[rng.randrange(len(prompts))] for _ in range(self.prompts_per_step)]
+                self.policy_engine.sync(trainer)
+                picked = [self.train_prompts[rng.randrange(len(self.train_prompts))]
+                          for _ in range(self.prompts_per_step)]
                 mine = picked[trainer.dp_rank:: trainer.dp_world]
                 flagged = [with_flag(q["prompt"], "/think" if rng.random() < self.think_ratio else "/no_think")
                            for q in mine for _ in range(self.samples_per_prompt)]
                 p_ids = [rollouts.prompt_ids(tok, p) for p in flagged]
                 room = seq_len + 1 - max(map(len, p_ids))
-                out = engine.generate(p_ids, SamplingParams(
+                out = self.policy_engine.generate(p_ids, SamplingParams(
                     max_new_tokens=max(1, min(self.max_new_tokens, room)), temperature=self.temperature,
                     top_p=self.top_p, seed=self.seed + 7919 * trainer.step + trainer.dp_rank))  # TP/CP peers: same rollouts
                 masks = [[not f for f in forced] for forced in out.forced]
@@ -203,31 +213,35 @@ class DistillOnPolicy:
                 for b in batches:
                     b["kl"] = "reverse"
                 phase = {"phase/offpolicy": 0.0, "rollout/response_tokens": sum(out.lengths) / len(out.lengths)}
-            m = trainer.train_step(batches)
-            tokens = m.pop("objective/tokens", 0.0) or 1.0
-            for key in ("kl", "ce"):
-                if f"objective/{key}_sum" in m:
-                    m[key] = m.pop(f"objective/{key}_sum") / tokens
-            rollouts.log_step(trainer, {**m, **phase}, history)
-            rollouts.maybe_checkpoint(trainer)
-        self._evaluate(trainer, engine, tok, held, history, evaluate_accuracy)
-        return trainer.finish(history, resumed)
+            yield batches, phase
 
-    def _evaluate(self, trainer, engine, tok, held, history, evaluate_accuracy) -> None:
-        if not held:
+    def step_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        m = dict(metrics)
+        tokens = m.pop("objective/tokens", 0.0) or 1.0
+        for key in ("kl", "ce"):
+            if f"objective/{key}_sum" in m:
+                m[key] = m.pop(f"objective/{key}_sum") / tokens
+        return m
+
+    def end(self, trainer) -> None:
+        self.evaluate(trainer)
+
+    def evaluate(self, trainer) -> None:
+        """Greedy held-out accuracy in both modes (the student must keep both)."""
+        if not self.held:
             return
-        from qwen3_trainer.platform.posttrain import rollouts
+        from qwen3_trainer.platform.posttrain.grpo import evaluate_accuracy
 
-        engine.sync(trainer)
+        self.policy_engine.sync(trainer)
         metrics: dict[str, float] = {}
         for flag in ("/think", "/no_think"):
-            recs = [{**r, "prompt": with_flag(r["prompt"], flag)} for r in held]
-            got = evaluate_accuracy(engine, tok, recs, max_new_tokens=self.max_new_tokens,
+            recs = [{**r, "prompt": with_flag(r["prompt"], flag)} for r in self.held]
+            got = evaluate_accuracy(self.policy_engine, self.tok, recs, max_new_tokens=self.max_new_tokens,
                                     seq_len=trainer.cfg.training.seq_len)
             mode = flag.strip("/")
             metrics.update({f"{k}_{mode}": v for k, v in got.items()})
         metrics["eval/accuracy"] = (metrics["eval/accuracy_think"] + metrics["eval/accuracy_no_think"]) / 2
-        rollouts.log_step(trainer, metrics, history)
+        trainer.log(metrics)
 
 
 def teacher_responses(teacher, tokenizer, records: list[dict], *, max_new_tokens: int, seq_len: int,

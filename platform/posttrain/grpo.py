@@ -8,32 +8,64 @@ the first ratio is exactly 1) and, with ``kl_coef > 0``, the reference model's. 
 passes over the round's sequences in ``minibatches`` optimizer steps each (off-policy reuse: later
 steps see ratios != 1 and the clip acts).
 
-Loss per response token: PPO's clipped surrogate (``clip_low`` / ``clip_high``) + ``kl_coef`` x k3
-estimate of KL(policy || reference); token-level averaging: the sum over every response token of the
-step divided by the trainer's normaliser (their global count), as in DAPO. Entropy, KL, clip fraction,
-reward parts, response lengths and verifier errors are logged; held-out greedy accuracy
-(``eval_queries``) at the start, every ``eval_interval`` rounds and at the end.
+Loss per response token: PPO's clipped surrogate (``clip_low`` / ``clip_high``) + ``kl_coef`` x a KL
+estimate to the reference (``kl_estimator`` k1 / k2 / k3) - ``entropy_coef`` x entropy, reduced by
+``loss_agg`` (losses.aggregate: ``token-mean`` as in DAPO, ``seq-mean-token-mean`` as in GRPO's
+paper, ``seq-mean-token-sum-norm`` as in Dr. GRPO) and divided by the trainer's normaliser. The
+options verl and TRL users expect:
+
+- every log-prob (old, reference, current) is of softmax(logits / ``temperature``), the distribution
+  the engine sampled from, not of T = 1;
+- ``kl_in_reward``: subtract ``kl_coef`` x the response's summed KL from its reward before the
+  advantages, instead of a KL loss term;
+- ``overlong_filter``: responses cut at ``max_new_tokens`` leave the loss (they still count in their
+  group's advantages); ``overlong_buffer`` > 0: DAPO's soft punishment, a reward penalty growing
+  linearly to ``-overlong_penalty`` over the last ``overlong_buffer`` tokens of the budget;
+- ``dynamic_sampling`` (DAPO): groups whose rewards are all equal are dropped and refilled from
+  further prompts, at most ``dynamic_sampling_rounds`` extra rounds; every rank then trains the same
+  number of groups (the minimum over ranks), so sharded forwards stay in step;
+- log-prob / entropy ``logprob_chunk`` token rows at a time (losses.token_stats): the full-vocabulary
+  fp32 tensor is never held.
+
+Entropy, KL, clip fraction, reward parts, response lengths and verifier errors are logged; held-out
+greedy accuracy (``eval_queries``) at the start, every ``eval_interval`` rounds and at the end.
+Params are checked at construction (types, ranges, modes, reward names): a bad one is a one-line
+ValueError naming it, before any model loads.
 
     objective:
       name: grpo
       params: {queries: data/queries.jsonl, eval_queries: data/heldout.jsonl, group_size: 8,
                prompts_per_step: 16, ppo_epochs: 2, max_new_tokens: 48, temperature: 1.0,
-               kl_coef: 0.0, rewards: [{name: math}, {name: format, weight: 0.1}]}
+               kl_coef: 0.0, loss_agg: token-mean, overlong_buffer: 8, dynamic_sampling: true,
+               rewards: [{name: math}, {name: format, weight: 0.1}]}
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import random
 from collections import Counter
-from typing import Any
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
+import pydantic
 import torch
+from pydantic import ConfigDict, Field, validate_call
 
 from qwen3_trainer.platform.posttrain import losses
 from qwen3_trainer.platform.posttrain.losses import IGNORE
+from qwen3_trainer.platform.train.objectives import BatchProducer
 
 log = logging.getLogger("qwen3_trainer.posttrain")
+
+_Pos = Annotated[int, Field(ge=1)]
+_Count = Annotated[int, Field(ge=0)]
+_Positive = Annotated[float, Field(gt=0)]
+_NonNeg = Annotated[float, Field(ge=0)]
+LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"]  # losses.LOSS_AGG
+KLEstimator = Literal["k1", "k2", "k3"]  # losses.KL_ESTIMATORS
 
 
 def load_queries(paths, what: str = "queries") -> list[dict]:
@@ -61,27 +93,104 @@ def load_queries(paths, what: str = "queries") -> list[dict]:
     return good
 
 
-class GRPO:
+def one_line_params_error(objective: str):
+    """Turn pydantic's multi-line ValidationError of a params call into one line naming the key."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except pydantic.ValidationError as exc:
+                err = exc.errors()[0]
+                key = ".".join(str(p) for p in err["loc"])
+                more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+                got = f", got {err['input']!r}" if "input" in err else ""
+                raise ValueError(f"{objective}: params.{key}: {err['msg']}{got}{more}") from None
+        return checked
+
+    return wrap
+
+
+@dataclass
+class Rollout:
+    """One rank's sampled sequences, ``group_size`` consecutive rows per prompt."""
+
+    records: list[dict]
+    prompts: list[list[int]]
+    tokens: list[list[int]]
+    forced: list[list[bool]]
+    truncated: list[bool]     # stopped by the token budget
+    scores: list[float]       # reward (+ the overlong penalty)
+    group_size: int
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.scores) // self.group_size
+
+    def groups(self, keep) -> Rollout:
+        rows = [g * self.group_size + j for g in keep for j in range(self.group_size)]
+        return Rollout(*([getattr(self, f)[i] for i in rows] for f in
+                         ("records", "prompts", "tokens", "forced", "truncated", "scores")), self.group_size)
+
+    def __add__(self, other: Rollout) -> Rollout:
+        return Rollout(*(getattr(self, f) + getattr(other, f) for f in
+                         ("records", "prompts", "tokens", "forced", "truncated", "scores")), self.group_size)
+
+
+def _agree(trainer, value: int, op: str) -> int:
+    """``value``'s min or max over every rank: ranks sample different groups, yet must all train the
+    same number of micro-batches (each forward of a sharded model is a collective)."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], device=trainer.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+class GRPO(BatchProducer):
     name = "grpo"
     needs_reference = False
 
+    @one_line_params_error("grpo")
+    @validate_call(config=ConfigDict(strict=True))
     def __init__(self, queries: str | list[str], *, eval_queries: str | list[str] | None = None,
-                 group_size: int = 8, prompts_per_step: int = 8, ppo_epochs: int = 1, minibatches: int = 1,
-                 clip_low: float = 0.2, clip_high: float = 0.28, kl_coef: float = 0.0,
-                 reference: str | None = None, max_new_tokens: int = 64, temperature: float = 1.0,
-                 top_p: float = 1.0, thinking_budget: int | None = None, scale_advantages: bool = True,
-                 rewards: list[dict] | None = None, eval_interval: int = 0, eval_size: int = 64,
-                 eval_max_new_tokens: int | None = None, seed: int = 0):
-        if group_size < 2:
-            raise ValueError("grpo: group_size must be >= 2 (advantages are relative within a group)")
+                 group_size: Annotated[int, Field(ge=2)] = 8, prompts_per_step: _Pos = 8,
+                 ppo_epochs: _Pos = 1, minibatches: _Pos = 1, clip_low: _Positive = 0.2,
+                 clip_high: _Positive = 0.28, kl_coef: _NonNeg = 0.0, kl_estimator: KLEstimator = "k3",
+                 kl_in_reward: bool = False, reference: str | None = None, max_new_tokens: _Pos = 64,
+                 temperature: _Positive = 1.0, top_p: Annotated[float, Field(gt=0, le=1)] = 1.0,
+                 thinking_budget: _Pos | None = None, scale_advantages: bool = True,
+                 loss_agg: LossAgg = "token-mean", entropy_coef: _NonNeg = 0.0,
+                 overlong_filter: bool = False, overlong_buffer: _Count = 0, overlong_penalty: _NonNeg = 1.0,
+                 dynamic_sampling: bool = False, dynamic_sampling_rounds: _Count = 2,
+                 logprob_chunk: _Pos = losses.CHUNK_ROWS, rewards: list[dict] | None = None,
+                 eval_interval: _Count = 0, eval_size: _Count = 64, eval_max_new_tokens: _Pos | None = None,
+                 seed: int = 0):
+        from qwen3_trainer.platform.posttrain.rewards import check_spec
+
+        if overlong_buffer > max_new_tokens:
+            raise ValueError(f"grpo: params.overlong_buffer={overlong_buffer} exceeds "
+                             f"max_new_tokens={max_new_tokens}")
+        if kl_in_reward and kl_coef == 0:
+            raise ValueError("grpo: params.kl_in_reward needs kl_coef > 0")
         self.queries, self.eval_queries = queries, eval_queries
         self.group_size, self.prompts_per_step = group_size, prompts_per_step
         self.ppo_epochs, self.minibatches = ppo_epochs, minibatches
         self.clip_low, self.clip_high, self.kl_coef = clip_low, clip_high, kl_coef
+        self.kl_estimator, self.kl_in_reward = kl_estimator, kl_in_reward
         self.reference = reference
         self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
         self.thinking_budget, self.scale_advantages = thinking_budget, scale_advantages
+        self.loss_agg, self.entropy_coef = loss_agg, entropy_coef
+        self.overlong_filter = overlong_filter
+        self.overlong_buffer, self.overlong_penalty = overlong_buffer, overlong_penalty
+        self.dynamic_sampling, self.dynamic_sampling_rounds = dynamic_sampling, dynamic_sampling_rounds
+        self.logprob_chunk = logprob_chunk
         self.reward_spec = rewards or [{"name": "math"}]
+        check_spec(self.reward_spec, "grpo: params.rewards")
         self.eval_interval, self.eval_size = eval_interval, eval_size
         self.eval_max_new_tokens = eval_max_new_tokens or max_new_tokens
         self.seed = seed
@@ -89,39 +198,43 @@ class GRPO:
 
     # -- the loss --------------------------------------------------------------------------------
     def loss_tokens(self, batch):
-        return int((batch["labels"] != IGNORE).sum())
+        return losses.loss_units(batch["labels"] != IGNORE, self.loss_agg)
 
     def loss(self, logits, batch, normalizer, ctx):
         labels = batch["labels"]
         mask = labels != IGNORE
-        logp = losses.token_logprobs(logits, labels)
+        logp, ent = losses.token_stats(logits, labels, temperature=self.temperature, chunk=self.logprob_chunk)
+        ent = ent * mask
         per_tok, ratio, clipped = losses.clipped_policy_loss(
             logp, batch["old_logprobs"], batch["advantages"], mask, self.clip_low, self.clip_high)
         metrics = {}
-        if self.kl_coef > 0:
-            kl = losses.k3_kl(logp, batch["ref_logprobs"]) * mask
+        if self.kl_coef > 0 and not self.kl_in_reward:
+            kl = losses.kl_estimate(logp, batch["ref_logprobs"], self.kl_estimator) * mask
             per_tok = per_tok + self.kl_coef * kl
-            metrics["kl_sum"] = float(kl.detach().sum())
-        with torch.no_grad():
-            ent = losses.token_entropy(logits.detach(), mask)
-        total = per_tok.sum()
-        metrics.update({"entropy_sum": float(ent.sum()), "clipped": float(clipped.sum()),
-                        "ratio_sum": float(ratio.detach().sum()), "tokens": float(mask.sum())})
+            metrics["kl_sum"] = kl.detach().sum()
+        if self.entropy_coef > 0:
+            per_tok = per_tok - self.entropy_coef * ent
+        total = losses.aggregate(per_tok, mask, self.loss_agg, self.max_new_tokens)
+        metrics.update({"entropy_sum": ent.detach().sum(), "clipped": clipped.sum(),
+                        "ratio_sum": ratio.detach().sum(), "tokens": mask.sum()})
         return total / normalizer, metrics
 
-    # -- the loop --------------------------------------------------------------------------------
-    def fit(self, trainer) -> dict[str, Any]:
-        from qwen3_trainer.model.generation import SamplingParams
+    # -- the loop (Trainer.fit asks for each step's batches) -------------------------------------
+    def start(self, trainer) -> None:
         from qwen3_trainer.model.tokenizer import load_tokenizer
         from qwen3_trainer.platform.posttrain import rollouts
         from qwen3_trainer.platform.posttrain.rewards import RewardFunction
 
-        tok = load_tokenizer()
-        queries = load_queries(self.queries)
-        held_out = load_queries(self.eval_queries, "eval_queries")[: self.eval_size] if self.eval_queries else []
-        reward = RewardFunction(self.reward_spec, tokenizer=tok, device=trainer.device,
-                                vocab_size=trainer.model_args.vocab_size)
-        engine = rollouts.PolicyEngine(trainer, tok, self.engine)
+        if self.prompts_per_step % trainer.dp_world:
+            raise ValueError(f"grpo: prompts_per_step={self.prompts_per_step} must divide by the "
+                             f"{trainer.dp_world} data-parallel ranks")
+        self.tok = load_tokenizer()
+        self.train_queries = load_queries(self.queries)
+        self.held_out = (load_queries(self.eval_queries, "eval_queries")[: self.eval_size]
+                         if self.eval_queries else [])
+        self.reward = RewardFunction(self.reward_spec, tokenizer=self.tok, device=trainer.device,
+                                     vocab_size=trainer.model_args.vocab_size)
+        self.policy_engine = rollouts.PolicyEngine(trainer, self.tok, self.engine)
         if self.kl_coef > 0:
             ref = self.reference or trainer.cfg.init.path
             if not ref:
@@ -129,77 +242,145 @@ class GRPO:
             trainer.ctx.reference = rollouts.frozen_model(ref, trainer.device)
             losses.check_vocab(trainer.model_args.vocab_size, trainer.ctx.reference.model_args.vocab_size,
                                f"reference {ref}")
-        if self.prompts_per_step % trainer.dp_world:
-            raise ValueError(f"grpo: prompts_per_step={self.prompts_per_step} must divide by the "
-                             f"{trainer.dp_world} data-parallel ranks")
-        resumed = trainer.maybe_resume()
-        cfg = trainer.cfg
-        seq_len = cfg.training.seq_len
-        history: list[dict[str, Any]] = []
-        self.evaluate(trainer, engine, tok, held_out, history)
+        self.evaluate(trainer)
+
+    def steps(self, trainer):
+        """Rollout rounds: each yields ``ppo_epochs`` x ``minibatches`` optimizer steps' batches."""
         round_ = 0
-        while trainer.step < cfg.training.steps:
+        while True:
             round_ += 1
-            engine.sync(trainer)
-            rng = random.Random(self.seed * 1_000_003 + trainer.step)
-            picked = [queries[i] for i in rng.sample(range(len(queries)), min(self.prompts_per_step, len(queries)))]
-            mine = picked[trainer.dp_rank:: trainer.dp_world]
-            records = [q for q in mine for _ in range(self.group_size)]
-            p_ids = [rollouts.prompt_ids(tok, q["prompt"]) for q in records]
-            thinking = [rollouts.prompt_thinking(q["prompt"]) for q in records]
-            room = seq_len + 1 - max(map(len, p_ids))
-            if room < 1:
-                raise ValueError(f"grpo: a prompt of {seq_len + 1 - room} tokens leaves no room in seq_len {seq_len}")
-            params = SamplingParams(max_new_tokens=min(self.max_new_tokens, room), temperature=self.temperature,
-                                    top_p=self.top_p, thinking_budget=self.thinking_budget,
-                                    seed=self.seed + 7919 * trainer.step + trainer.env.rank)
-            out = engine.generate(p_ids, params)
-            texts = [rollouts.response_text(tok, q["prompt"], ids) for q, ids in zip(records, out.tokens, strict=True)]
-            scores = reward(records, texts, thinking)
-            adv = losses.group_advantages(torch.tensor(scores), self.group_size, scale=self.scale_advantages)
-            masks = [[not f for f in forced] for forced in out.forced]
-            mb = cfg.training.micro_batch_size
-            batches = rollouts.sequences_to_batches(p_ids, out.tokens, masks, micro_batch_size=mb, pad_id=tok.pad,
-                                                    max_len=seq_len, per_seq={"advantages": adv.tolist()})
-            model = trainer.model_parts[0]
-            for b, old in zip(batches, rollouts.sequence_logprobs(model, batches, trainer.device), strict=True):
-                b["old_logprobs"] = old
-            if self.kl_coef > 0:
-                refs = rollouts.sequence_logprobs(trainer.ctx.reference, batches, trainer.device)
-                for b, r in zip(batches, refs, strict=True):
-                    b["ref_logprobs"] = r
-            rollout_metrics = {
-                "reward/mean": sum(scores) / len(scores), **reward.last,
-                "rollout/response_tokens": sum(out.lengths) / len(out.lengths),
-                "rollout/truncated": sum(r == "length" for r in out.finish_reasons) / len(out.finish_reasons),
-                "rollout/zero_std_groups": float((torch.tensor(scores).view(-1, self.group_size).std(-1) == 0)
-                                                 .float().mean()),
-                "rollout/verifier_errors": float(reward.error_count), "rollout/round": float(round_),
-            }
+            self.policy_engine.sync(trainer)
+            ro, rollout_metrics = self._collect(trainer, self.policy_engine, self.tok, self.train_queries,
+                                                self.reward)
+            batches = self._batches(trainer, self.tok, ro, rollout_metrics)
+            rollout_metrics.update({"rollout/verifier_errors": float(self.reward.error_count),
+                                    "rollout/round": float(round_)})
             per_step = max(1, len(batches) // self.minibatches)
             for _ in range(self.ppo_epochs):
                 for start in range(0, len(batches), per_step):
-                    if trainer.step >= cfg.training.steps:
-                        break
-                    m = trainer.train_step(batches[start: start + per_step])
-                    m = _per_token(m)
-                    rollouts.log_step(trainer, {**m, **rollout_metrics}, history)
-                    rollouts.maybe_checkpoint(trainer)
-            if self.eval_interval and round_ % self.eval_interval == 0 and trainer.step < cfg.training.steps:
-                self.evaluate(trainer, engine, tok, held_out, history)
-        self.evaluate(trainer, engine, tok, held_out, history)
-        return trainer.finish(history, resumed)
+                    if trainer.step >= trainer.cfg.training.steps:
+                        return
+                    yield batches[start: start + per_step], rollout_metrics
+            if self.eval_interval and round_ % self.eval_interval == 0 and trainer.step < trainer.cfg.training.steps:
+                self.evaluate(trainer)
 
-    def evaluate(self, trainer, engine, tok, held_out: list[dict], history) -> dict[str, float] | None:
-        """Greedy held-out accuracy (math verifier) and format rate of the current policy."""
-        if not held_out:
-            return None
+    def step_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        return _per_token(metrics)
+
+    def end(self, trainer) -> None:
+        self.evaluate(trainer)
+
+    def _sample(self, trainer, engine, tok, queries: list[dict], reward, k: int) -> Rollout:
+        """This rank's groups of one draw of prompts; ``k`` > 0: a dynamic-sampling refill draw."""
+        from qwen3_trainer.model.generation import SamplingParams
         from qwen3_trainer.platform.posttrain import rollouts
 
-        engine.sync(trainer)
-        metrics = evaluate_accuracy(engine, tok, held_out, max_new_tokens=self.eval_max_new_tokens,
-                                    seq_len=trainer.cfg.training.seq_len, thinking_budget=self.thinking_budget)
-        rollouts.log_step(trainer, metrics, history)
+        seq_len = trainer.cfg.training.seq_len
+        base = self.seed * 1_000_003 + trainer.step  # a function of the step: a resumed run draws the same
+        rng = random.Random(base if k == 0 else f"{base}:{k}")
+        picked = [queries[i] for i in rng.sample(range(len(queries)), min(self.prompts_per_step, len(queries)))]
+        mine = picked[trainer.dp_rank:: trainer.dp_world]
+        records = [q for q in mine for _ in range(self.group_size)]
+        p_ids = [rollouts.prompt_ids(tok, q["prompt"]) for q in records]
+        thinking = [rollouts.prompt_thinking(q["prompt"]) for q in records]
+        room = seq_len + 1 - max(map(len, p_ids))
+        if room < 1:
+            raise ValueError(f"grpo: a prompt of {seq_len + 1 - room} tokens leaves no room in seq_len {seq_len}")
+        budget = min(self.max_new_tokens, room)
+        params = SamplingParams(max_new_tokens=budget, temperature=self.temperature, top_p=self.top_p,
+                                thinking_budget=self.thinking_budget,
+                                seed=self.seed + 7919 * trainer.step + trainer.dp_rank + 104_729 * k)  # TP/CP peers: same rollouts
+        out = engine.generate(p_ids, params)
+        texts = [rollouts.response_text(tok, q["prompt"], ids) for q, ids in zip(records, out.tokens, strict=True)]
+        scores = reward(records, texts, thinking)
+        if self.overlong_buffer:
+            scores = [s + losses.overlong_penalty(n, budget, self.overlong_buffer, self.overlong_penalty)
+                      for s, n in zip(scores, out.lengths, strict=True)]
+        return Rollout(records, p_ids, out.tokens, out.forced, [r == "length" for r in out.finish_reasons],
+                       scores, self.group_size)
+
+    def _collect(self, trainer, engine, tok, queries, reward) -> tuple[Rollout, dict[str, float]]:
+        """The round's rollout (after dynamic sampling) and its metrics (of the first draw: the policy's
+        own reward, not the filtered one's)."""
+        first = self._sample(trainer, engine, tok, queries, reward, 0)
+        flat = torch.tensor(first.scores)
+        zero = losses.zero_variance_groups(flat, self.group_size)
+        metrics = {"reward/mean": float(flat.mean()), **reward.last,
+                   "rollout/response_tokens": sum(map(len, first.tokens)) / len(first.tokens),
+                   "rollout/truncated": sum(first.truncated) / len(first.truncated),
+                   "rollout/zero_std_groups": float(zero.float().mean())}
+        if not self.dynamic_sampling:
+            return first, metrics
+        want = first.n_groups
+        kept = first.groups([g for g in range(want) if not zero[g]])
+        extra = 0
+        while extra < self.dynamic_sampling_rounds and _agree(trainer, want - kept.n_groups, "max") > 0:
+            extra += 1
+            more = self._sample(trainer, engine, tok, queries, reward, extra)
+            varied = ~losses.zero_variance_groups(torch.tensor(more.scores), self.group_size)
+            kept = kept + more.groups([g for g in range(more.n_groups) if varied[g]])
+        n = _agree(trainer, min(kept.n_groups, want), "min")
+        metrics.update({"rollout/extra_rounds": float(extra), "rollout/kept_groups": n / want})
+        if n == 0:  # nothing to learn from on some rank: train the first draw (its advantages are 0)
+            log.warning("grpo: dynamic sampling found no group with a reward spread after %d extra rounds",
+                        extra)
+            return first, metrics
+        return kept.groups(range(n)), metrics
+
+    def _batches(self, trainer, tok, ro: Rollout, metrics: dict[str, float]) -> list[dict[str, torch.Tensor]]:
+        """Micro-batches with old / reference log-probs, advantages and the overlong filter applied."""
+        from qwen3_trainer.platform.posttrain import rollouts
+
+        cfg = trainer.cfg
+        masks = [[not f for f in forced] for forced in ro.forced]
+        batches = rollouts.sequences_to_batches(ro.prompts, ro.tokens, masks, pad_id=tok.pad,
+                                                micro_batch_size=cfg.training.micro_batch_size,
+                                                max_len=cfg.training.seq_len)
+        old = self.logprobs(trainer, trainer.model_parts[0], batches, policy=True)
+        for b, lp in zip(batches, old, strict=True):
+            b["old_logprobs"] = lp
+        scores = torch.tensor(ro.scores)
+        if self.kl_coef > 0:
+            for b, r in zip(batches, self.logprobs(trainer, trainer.ctx.reference, batches), strict=True):
+                b["ref_logprobs"] = r
+            if self.kl_in_reward:
+                seq_kl = torch.cat([(losses.kl_estimate(b["old_logprobs"], b["ref_logprobs"], self.kl_estimator)
+                                     * (b["labels"] != IGNORE)).sum(-1) for b in batches])
+                scores = scores - self.kl_coef * seq_kl
+                metrics["rollout/kl"] = float(seq_kl.sum()) / max(sum(int((b["labels"] != IGNORE).sum())
+                                                                      for b in batches), 1)
+        adv = losses.group_advantages(scores, self.group_size, scale=self.scale_advantages)
+        row = 0
+        for b in batches:
+            n = b["labels"].shape[0]
+            b["advantages"] = adv[row: row + n, None].expand(b["labels"].shape).contiguous()
+            if self.overlong_filter:
+                b["labels"] = b["labels"].masked_fill(torch.tensor(ro.truncated[row: row + n])[:, None], IGNORE)
+            row += n
+        return batches
+
+    @torch.no_grad()
+    def logprobs(self, trainer, model, batches, *, policy: bool = False) -> list[torch.Tensor]:
+        """log p(label) under softmax(``model``'s logits / temperature), chunked, per micro-batch
+        (0 where ignored); the policy's forward runs under the trainer's autocast, as in its step."""
+        out = []
+        for b in batches:
+            with trainer.amp() if policy else contextlib.nullcontext():
+                logits = model(b["input_ids"].to(trainer.device))
+            logp, _ = losses.token_stats(logits, b["labels"].to(trainer.device), temperature=self.temperature,
+                                         chunk=self.logprob_chunk)
+            out.append(logp.cpu())
+        return out
+
+    def evaluate(self, trainer) -> dict[str, float] | None:
+        """Greedy held-out accuracy (math verifier) and format rate of the current policy."""
+        if not self.held_out:
+            return None
+        self.policy_engine.sync(trainer)
+        metrics = evaluate_accuracy(self.policy_engine, self.tok, self.held_out,
+                                    max_new_tokens=self.eval_max_new_tokens, seq_len=trainer.cfg.training.seq_len,
+                                    thinking_budget=self.thinking_budget)
+        trainer.log(metrics)
         return metrics
 
 

@@ -167,7 +167,7 @@ def _heldout(cfg: PrepareConfig, held, flag: str = "") -> list[dict]:
 
 
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:
-    """Write the stage's data files under ``cfg.out``; returns counts and paths (rank 0 writes)."""
+    """Write the stage's data files under ``cfg.out``; returns counts, and the paths under ``files`` (rank 0 writes)."""
     from qwen3_trainer.model import storage
     from qwen3_trainer.platform.data import synthetic as syn
 
@@ -179,7 +179,7 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     rank, _ = _world()
     write = syn.write_jsonl if rank == 0 else (lambda path, records: len(list(records)))
     if cfg.stage == "T1":
-        return {**_coldstart(cfg, train, paths, write), **paths}
+        return {**_coldstart(cfg, train, paths, write), "files": paths}
     if cfg.stage in ("T2", "T4"):
         rng = random.Random(cfg.seed + 1)
         queries = (read_user_records(cfg.dataset, "queries") if cfg.dataset
@@ -187,10 +187,10 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
                    else [_general_query(q, rng) for q in train])
         return {"queries": write(paths["queries"], queries),
                 "heldout": write(paths["heldout"], _heldout(cfg, held, "/no_think" if cfg.stage == "T4" else "")),
-                **paths}
+                "files": paths}
     if cfg.stage == "T3":
-        return {**_fusion(cfg, train, paths, write), **paths}
-    return {**_distill(cfg, train, held, paths, write), **paths}
+        return {**_fusion(cfg, train, paths, write), "files": paths}
+    return {**_distill(cfg, train, held, paths, write), "files": paths}
 
 
 def _coldstart(cfg: PrepareConfig, train, paths, write) -> dict[str, Any]:

@@ -18,12 +18,14 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from typing import Any
 
 import torch
+from pydantic import ConfigDict, validate_call
 
 from qwen3_trainer.platform.posttrain import losses
+from qwen3_trainer.platform.posttrain.grpo import one_line_params_error
 from qwen3_trainer.platform.posttrain.rewards import REWARD_HEAD_ID, reward_scores, score_ids
+from qwen3_trainer.platform.train.objectives import BatchProducer
 
 log = logging.getLogger("qwen3_trainer.posttrain")
 
@@ -72,10 +74,12 @@ def pair_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[st
     return {"input_ids": ids, "last": torch.tensor([len(s) - 1 for s in seqs])}
 
 
-class RewardModelObjective:
+class RewardModelObjective(BatchProducer):
     name = "reward_model"
     needs_reference = False
 
+    @one_line_params_error("reward_model")
+    @validate_call(config=ConfigDict(strict=True))
     def __init__(self, pairs: str | list[str], *, eval_pairs: str | list[str] | None = None, seed: int = 0):
         self.pairs, self.eval_pairs, self.seed = pairs, eval_pairs, seed
 
@@ -94,40 +98,42 @@ class RewardModelObjective:
         return bt.sum() / normalizer, {"pairs": float(n), "correct": float((margin > 0).sum()),
                                        "margin_sum": float(margin.sum())}
 
-    def fit(self, trainer) -> dict[str, Any]:
+    # -- the loop (Trainer.fit asks for each step's batches) -------------------------------------
+    def start(self, trainer) -> None:
         from qwen3_trainer.model.tokenizer import load_tokenizer
-        from qwen3_trainer.platform.posttrain import rollouts
 
-        tok = load_tokenizer()
+        self.tok = load_tokenizer()
+        seq_len = trainer.cfg.training.seq_len
+        self.train_pairs = load_pairs(self.pairs, self.tok, seq_len)
+        self.held = load_pairs(self.eval_pairs, self.tok, seq_len) if self.eval_pairs else []
+        self.evaluate(trainer)
+
+    def steps(self, trainer):
         cfg = trainer.cfg
-        train = load_pairs(self.pairs, tok, cfg.training.seq_len)
-        held = load_pairs(self.eval_pairs, tok, cfg.training.seq_len) if self.eval_pairs else []
-        resumed = trainer.maybe_resume()
         mb, accum = cfg.training.micro_batch_size, cfg.training.grad_accum
         per_step = mb * accum * trainer.dp_world
-        history: list[dict[str, Any]] = []
-        self._evaluate(trainer, tok, held, history)
-        while trainer.step < cfg.training.steps:
+        train = self.train_pairs
+        while True:
             order = random.Random(self.seed * 1_000_003 + trainer.step).sample(range(len(train)), len(train))
             picked = [train[order[i % len(order)]] for i in range(per_step)]
             mine = picked[trainer.dp_rank * mb * accum: (trainer.dp_rank + 1) * mb * accum]
-            batches = [pair_batch(mine[i: i + mb], tok.pad) for i in range(0, len(mine), mb)]
-            m = trainer.train_step(batches)
-            pairs = m.pop("objective/pairs", 1.0) or 1.0
-            m["pair_accuracy"] = m.pop("objective/correct", 0.0) / pairs
-            m["margin"] = m.pop("objective/margin_sum", 0.0) / pairs
-            rollouts.log_step(trainer, m, history)
-            rollouts.maybe_checkpoint(trainer)
-        self._evaluate(trainer, tok, held, history)
-        return trainer.finish(history, resumed)
+            yield [pair_batch(mine[i: i + mb], self.tok.pad) for i in range(0, len(mine), mb)], {}
+
+    def step_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        m = dict(metrics)
+        pairs = m.pop("objective/pairs", 1.0) or 1.0
+        m["pair_accuracy"] = m.pop("objective/correct", 0.0) / pairs
+        m["margin"] = m.pop("objective/margin_sum", 0.0) / pairs
+        return m
+
+    def end(self, trainer) -> None:
+        self.evaluate(trainer)
 
     @torch.no_grad()
-    def _evaluate(self, trainer, tok, held, history) -> None:
-        if not held:
+    def evaluate(self, trainer) -> None:
+        if not self.held:
             return
-        from qwen3_trainer.platform.posttrain import rollouts
-
         model = trainer.model_parts[0]
-        chosen = reward_scores(model, [c for c, _ in held], tok.pad, trainer.device)
-        rejected = reward_scores(model, [r for _, r in held], tok.pad, trainer.device)
-        rollouts.log_step(trainer, {"eval/pair_accuracy": float((chosen > rejected).float().mean())}, history)
+        chosen = reward_scores(model, [c for c, _ in self.held], self.tok.pad, trainer.device)
+        rejected = reward_scores(model, [r for _, r in self.held], self.tok.pad, trainer.device)
+        trainer.log({"eval/pair_accuracy": float((chosen > rejected).float().mean())})

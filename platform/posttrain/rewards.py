@@ -2,18 +2,24 @@
 
     rewards: [{name: math, weight: 1.0}, {name: format, weight: 0.2},
               {name: instruction, weight: 0.5},
-              {name: reward_model, weight: 1.0, params: {path: runs/rm/hf}},
-              {name: judge, weight: 1.0, params: {path: runs/judge/hf}}]
+              {name: reward_model, weight: 1.0, model: runs/rm/hf},
+              {name: judge, weight: 1.0, model: runs/judge/hf, params: {batch: 16}}]
 
-Rule-based: ``math`` (boxed answer equals the record's ``answer``), ``format`` (think block and boxed
-answer; empty block iff non-thinking), ``instruction`` (the fraction of the record's ``constraints``
-met by the answer: ``max_words``, ``min_words``, ``include``, ``exclude``, ``lowercase``,
-``ends_with``, ``starts_with``, ``json``, ``boxed``).
-Model-based: ``reward_model`` (a Qwen3 backbone whose scalar head is one output row, trained with
-objective ``reward_model``; no reference answer) and ``judge`` (a generative Qwen3 asked whether the
-response matches the record's reference answer; the reward is p(yes) / (p(yes) + p(no))).
+Rule-based: ``math`` (boxed answer equivalent to the record's ``answer``: verifiers.math_equal,
+math-verify past the fast paths), ``format`` (think block and boxed answer; empty block iff
+non-thinking), ``instruction`` (the fraction of the record's ``constraints`` met by the answer:
+``max_words``, ``min_words``, ``include``, ``exclude``, ``lowercase``, ``ends_with``,
+``starts_with``, ``json``, ``boxed``).
+Model-based, each scoring a batch of responses per forward (``params.batch`` rows, default 16):
+``reward_model`` (a Qwen3 backbone whose scalar head is one output row, trained with objective
+``reward_model``; no reference answer) and ``judge`` (a generative Qwen3 asked whether the response
+gives the record's reference ``answer``, or, for a record without one, whether it is correct; the
+reward is p(yes) / (p(yes) + p(no)) at the next token). The checkpoint is ``model`` (or
+``params.path``): a HF directory or DCP checkpoint, local or s3://.
 
-Every component is wrapped in ``SafeReward``: one that raises scores 0 and is counted.
+``check_spec`` validates a spec without loading anything (names, keys, types), so an objective can
+reject a bad one at construction. Every rule component is wrapped in ``SafeReward``: one that raises
+scores 0 and is counted.
 """
 
 from __future__ import annotations
@@ -63,18 +69,18 @@ def instruction_reward(record: dict, response: str) -> float:
 class RewardModelScorer:
     """Scores (prompt, response) with a reward model: the head row's logit at the last token."""
 
-    def __init__(self, path: str, tokenizer, device, vocab_size: int):
+    def __init__(self, path: str, tokenizer, device, vocab_size: int, batch: int = 16):
         from qwen3_trainer.platform.posttrain.losses import check_vocab
         from qwen3_trainer.platform.posttrain.rollouts import frozen_model
 
         self.model = frozen_model(path, device)
         check_vocab(vocab_size, self.model.model_args.vocab_size, f"reward model {path}")
-        self.tokenizer, self.device = tokenizer, device
+        self.tokenizer, self.device, self.batch = tokenizer, device, batch
 
     @torch.no_grad()
     def __call__(self, records: list[dict], responses: list[str], _thinking) -> list[float]:
         seqs = [score_ids(self.tokenizer, r["prompt"], resp) for r, resp in zip(records, responses, strict=True)]
-        return [float(s) for s in reward_scores(self.model, seqs, self.tokenizer.pad, self.device)]
+        return [float(s) for s in reward_scores(self.model, seqs, self.tokenizer.pad, self.device, self.batch)]
 
 
 def score_ids(tokenizer, prompt: list[dict], response: str) -> list[int]:
@@ -84,8 +90,11 @@ def score_ids(tokenizer, prompt: list[dict], response: str) -> list[int]:
     return tokenizer.encode(apply_chat_template([*prompt, {"role": "assistant", "content": response}]))
 
 
-def reward_scores(model, seqs: list[list[int]], pad_id: int, device, batch: int = 16) -> torch.Tensor:
-    """Scalar reward per sequence: the head row's logit at each sequence's last real token."""
+def last_token_logits(model, seqs: list[list[int]], pad_id: int, device, rows: list[int],
+                      batch: int = 16) -> torch.Tensor:
+    """[len(seqs), len(rows)]: the logits of vocabulary ``rows`` at each sequence's last real token,
+    ``batch`` right-padded sequences per forward (causal attention: the padding after a sequence's
+    last token does not change it)."""
     out = []
     for i in range(0, len(seqs), batch):
         chunk = seqs[i: i + batch]
@@ -95,52 +104,105 @@ def reward_scores(model, seqs: list[list[int]], pad_id: int, device, batch: int 
             ids[j, : len(s)] = torch.tensor(s)
         logits = model(ids.to(device))
         last = torch.tensor([len(s) - 1 for s in chunk], device=logits.device)
-        out.append(logits[torch.arange(len(chunk), device=logits.device), last, REWARD_HEAD_ID].float().cpu())
+        picked = logits[torch.arange(len(chunk), device=logits.device), last]
+        out.append(picked[:, torch.tensor(rows, device=logits.device)].float().cpu())
     return torch.cat(out)
+
+
+def reward_scores(model, seqs: list[list[int]], pad_id: int, device, batch: int = 16) -> torch.Tensor:
+    """Scalar reward per sequence: the head row's logit at each sequence's last real token."""
+    return last_token_logits(model, seqs, pad_id, device, [REWARD_HEAD_ID], batch)[:, 0]
 
 
 JUDGE_PROMPT = ("Question: {question}\nReference answer: {reference}\nResponse: {response}\n"
                 "Does the response give the reference answer? Reply yes or no. /no_think")
+JUDGE_PROMPT_NO_REFERENCE = ("Question: {question}\nResponse: {response}\n"
+                             "Is the response correct? Reply yes or no. /no_think")
 
 
 class JudgeScorer:
-    """A generative judge with a reference answer: p(yes) among {yes, no} as the next token."""
+    """A generative judge: p(yes) among {yes, no} as the next token, ``batch`` responses per forward."""
 
-    def __init__(self, path: str, tokenizer, device, vocab_size: int):
+    def __init__(self, path: str, tokenizer, device, vocab_size: int, batch: int = 16):
         from qwen3_trainer.platform.posttrain.losses import check_vocab
         from qwen3_trainer.platform.posttrain.rollouts import frozen_model
 
         self.model = frozen_model(path, device)
         check_vocab(vocab_size, self.model.model_args.vocab_size, f"judge model {path}")
-        self.tokenizer, self.device = tokenizer, device
+        self.tokenizer, self.device, self.batch = tokenizer, device, batch
         self.yes, self.no = tokenizer.encode("yes")[0], tokenizer.encode("no")[0]
+
+    def prompt_ids(self, record: dict, response: str) -> list[int]:
+        from qwen3_trainer.model.chat_template import apply_chat_template
+
+        question = record.get("question") or record["prompt"][-1]["content"]
+        answer = verifiers.split_thinking(response)[1]
+        reference = record.get("answer")
+        text = (JUDGE_PROMPT_NO_REFERENCE.format(question=question, response=answer) if reference is None
+                else JUDGE_PROMPT.format(question=question, reference=reference, response=answer))
+        return self.tokenizer.encode(apply_chat_template([{"role": "user", "content": text}],
+                                                         add_generation_prompt=True))
 
     @torch.no_grad()
     def __call__(self, records: list[dict], responses: list[str], _thinking) -> list[float]:
-        from qwen3_trainer.model.chat_template import apply_chat_template
+        seqs = [self.prompt_ids(rec, resp) for rec, resp in zip(records, responses, strict=True)]
+        pair = last_token_logits(self.model, seqs, self.tokenizer.pad, self.device, [self.yes, self.no],
+                                 self.batch)
+        return pair.softmax(-1)[:, 0].tolist()
 
-        scores = []
-        for rec, resp in zip(records, responses, strict=True):
-            question = rec.get("question") or rec["prompt"][-1]["content"]
-            text = JUDGE_PROMPT.format(question=question, reference=rec["answer"],
-                                       response=verifiers.split_thinking(resp)[1])
-            ids = self.tokenizer.encode(apply_chat_template([{"role": "user", "content": text}],
-                                                            add_generation_prompt=True))
-            logits = self.model(torch.tensor([ids], device=self.device))[0, -1].float()
-            pair = torch.stack([logits[self.yes], logits[self.no]]).softmax(0)
-            scores.append(float(pair[0]))
-        return scores
+
+RULES = ("math", "format", "instruction")
+MODELS = ("reward_model", "judge")
+_MODEL_PARAMS = {"path", "batch"}  # the checkpoint (or the entry's `model`), responses per forward
+
+
+def check_spec(spec, where: str = "rewards") -> None:
+    """One-line ValueError naming the first bad entry of a reward spec; loads nothing."""
+    if not isinstance(spec, list) or not spec:
+        raise ValueError(f"{where}: the spec lists no reward components")
+    for i, item in enumerate(spec):
+        key = f"{where}[{i}]"
+        if not isinstance(item, dict) or "name" not in item:
+            raise ValueError(f"{key}: a component is a mapping with a name, got {item!r}")
+        name = item["name"]
+        if name not in RULES + MODELS:
+            raise ValueError(f"{key}.name: unknown component {name!r}; known: {', '.join(RULES + MODELS)}")
+        unknown = set(item) - {"name", "weight", "params", "model"}
+        if unknown:
+            raise ValueError(f"{key}: unknown key {sorted(unknown)[0]!r} (name, weight, params, model)")
+        weight = item.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, int | float):
+            raise ValueError(f"{key}.weight: must be a number, got {weight!r}")
+        params = item.get("params", {})
+        if not isinstance(params, dict):
+            raise ValueError(f"{key}.params: must be a mapping, got {params!r}")
+        if name in MODELS:
+            if not (item.get("model") or params.get("path")):
+                raise ValueError(f"{key}: {name} needs model (or params.path): a checkpoint")
+            extra = set(params) - _MODEL_PARAMS
+            if extra:
+                raise ValueError(f"{key}.params: unknown key {sorted(extra)[0]!r} (path, batch)")
+            batch = params.get("batch", 16)
+            if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+                raise ValueError(f"{key}.params.batch: must be an integer >= 1, got {batch!r}")
+        elif name == "math":
+            extra = set(params) - {"rel_tol", "abs_tol"}
+            if extra:
+                raise ValueError(f"{key}.params: unknown key {sorted(extra)[0]!r} (rel_tol, abs_tol)")
+        elif params:
+            raise ValueError(f"{key}.params: {name} takes no params, got {sorted(params)}")
 
 
 class RewardFunction:
     """The weighted sum of the spec's components; per-component means and error counts are kept."""
 
     def __init__(self, spec: list[dict[str, Any]], *, tokenizer=None, device="cpu", vocab_size: int | None = None):
-        if not spec:
-            raise ValueError("rewards: the spec lists no reward components")
+        check_spec(spec)
         self.parts: list[tuple[str, float, Any]] = []
         for item in spec:
             name, weight, params = item["name"], float(item.get("weight", 1.0)), dict(item.get("params", {}))
+            if item.get("model"):
+                params["path"] = item["model"]
             self.parts.append((name, weight, self._build(name, params, tokenizer, device, vocab_size)))
         self.last: dict[str, float] = {}
 
@@ -152,13 +214,8 @@ class RewardFunction:
             return SafeReward(lambda rec, resp, think: verifiers.format_reward(resp, think), name)
         if name == "instruction":
             return SafeReward(lambda rec, resp, think: instruction_reward(rec, resp), name)
-        if name in ("reward_model", "judge"):
-            if "path" not in params:
-                raise ValueError(f"rewards: {name} needs params.path (a checkpoint)")
-            cls = RewardModelScorer if name == "reward_model" else JudgeScorer
-            return cls(params["path"], tokenizer, device, vocab_size)
-        raise ValueError(f"rewards: unknown component {name!r}; known: math, format, instruction, "
-                         f"reward_model, judge")
+        cls = RewardModelScorer if name == "reward_model" else JudgeScorer
+        return cls(params["path"], tokenizer, device, vocab_size, params.get("batch", 16))
 
     def __call__(self, records: list[dict], responses: list[str], thinking: list[bool]) -> list[float]:
         total = [0.0] * len(responses)

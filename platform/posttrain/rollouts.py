@@ -1,10 +1,12 @@
 """From the trainer's policy to sampled sequences and back to training micro-batches.
 
 - ``PolicyEngine``: a ``RolloutEngine`` kept in step with the policy. The local engine holds a plain
-  (unsharded) copy of the model; ``sync(trainer)`` gathers the full state dict from the trainer's
-  model parts (FSDP/TP shards included, every rank takes part) into that copy. Any other engine with
-  the ``RolloutEngine`` interface (``model.vllm_client.VLLMRolloutEngine``) can be passed instead;
-  it is then the caller's job to push weights to it.
+  (unsharded) copy of the model and decodes with ``model.decode_engine`` (static KV cache, CUDA
+  graphs; its KV cache is freed after each ``generate`` so that training gets the memory back);
+  ``sync(trainer)`` gathers the full state dict from the trainer's model parts (FSDP/TP shards
+  included, every rank takes part) into that copy, in place (the engine's packed weight views stay
+  valid). Any other engine with the ``RolloutEngine`` interface (``model.vllm_client.VLLMRolloutEngine``)
+  can be passed instead; it is then the caller's job to push weights to it.
 - ``prompt_ids``: chat ``prompt`` turns -> ids of the generation prompt (the last ``/think`` or
   ``/no_think`` flag wins, as in the chat template).
 - ``sequences_to_batches``: prompt + response ids -> right-padded micro-batches whose labels are the
@@ -54,7 +56,10 @@ class PolicyEngine:
         self.sync_seconds += time.perf_counter() - t
 
     def generate(self, prompts: list[list[int]], params):
-        return self.engine.generate(prompts, params)
+        out = self.engine.generate(prompts, params)
+        if self.local:
+            self.engine.release()  # the KV cache and graphs go back before the training steps
+        return out
 
 
 def prompt_ids(tokenizer, prompt: list[dict], soft_switch: bool = True) -> list[int]:

@@ -3,8 +3,11 @@
 - ``extract_boxed``: the content of the last ``\\boxed{…}`` (nested braces kept), else None.
 - ``final_answer``: what a response answers: the text after ``</think>`` when present, its last
   ``\\boxed{}`` (verifiable answers must be boxed; an unboxed number earns nothing).
-- ``math_equal``: numbers (ints, decimals, ``a/b``, ``\\frac{a}{b}``, thousands commas, ``%``) equal
-  within ``rel_tol``/``abs_tol``; otherwise normalised strings (spaces, ``\\text{}``, ``$``) equal.
+- ``math_equal``: two fast paths, then math-verify (HF's LaTeX / sympy answer checker, the one TRL's
+  and open-r1's accuracy rewards use): normalised strings (spaces, ``\\text{}``, ``$``, case) equal;
+  plain numbers (ints, decimals, ``a/b``, ``\\frac{a}{b}``, thousands commas, ``%``) equal within
+  ``rel_tol``/``abs_tol``; otherwise ``math_verify.verify(parse(\\boxed{ref}), parse(\\boxed{pred}))``
+  (expressions, roots, sets, intervals, equations: ``\\frac{\\sqrt{2}}{2}`` = ``1/\\sqrt{2}``).
 - ``format_ok``: one balanced ``<think>…</think>`` block, then an answer with ``\\boxed{}``; in
   non-thinking mode the block must be empty, in thinking mode non-empty.
 
@@ -78,13 +81,31 @@ def _normalise(s: str) -> str:
     return re.sub(r"\s+", "", s).lower().rstrip(".")
 
 
+MATH_VERIFY_TIMEOUT_S = 5  # per parse / comparison (sympy can hang on adversarial LaTeX)
+
+
 def math_equal(pred: str | None, ref: str, *, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
     if pred is None:
         return False
+    if _normalise(pred) == _normalise(ref) and _normalise(ref) != "":
+        return True
     a, b = parse_number(pred), parse_number(ref)
-    if a is not None and b is not None:
+    if a is not None and b is not None:  # the miniature's answers: no sympy needed
         return math.isclose(a, b, rel_tol=rel_tol, abs_tol=abs_tol)
-    return _normalise(pred) == _normalise(ref) and _normalise(ref) != ""
+    return symbolic_equal(pred, ref)
+
+
+def symbolic_equal(pred: str, ref: str) -> bool:
+    """math-verify's verdict on two boxed answers (LaTeX or plain)."""
+    import threading
+
+    from math_verify import parse, verify
+
+    # math-verify times out by signal.alarm, which only the main thread may set
+    timeout = MATH_VERIFY_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+    gold = parse(f"\\boxed{{{ref}}}", parsing_timeout=timeout)
+    answer = parse(f"\\boxed{{{pred}}}", parsing_timeout=timeout)
+    return bool(gold and answer and verify(gold, answer, timeout_seconds=timeout))
 
 
 def math_reward(response: str, answer: str, **tol: float) -> float:

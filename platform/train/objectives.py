@@ -9,13 +9,16 @@ Registered here: ``lm`` (pretraining: next-token cross-entropy on packed documen
 (the same on chat samples whose labels are masked to assistant tokens by the data loader).
 Post-training objectives (GRPO, distillation, reward model) register themselves with
 ``register_objective`` and may use the trainer's hooks: a frozen reference/teacher model
-(``ctx.reference``), per-token weights (``batch["weights"]``), and externally produced batches
-(``Trainer.train_step(batches)``).
+(``ctx.reference``) and per-token weights (``batch["weights"]``). Those that make their own batches
+(rollouts, on-policy samples, preference pairs) subclass ``BatchProducer``: the trainer's one loop
+(``Trainer.fit``: resume, per-step logging, checkpoint cadence, finish) asks them for each step's
+batches instead of reading its data loader.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import abc
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -47,6 +50,36 @@ class Objective(Protocol):
     def loss_tokens(self, batch: dict[str, torch.Tensor]) -> int:
         """Tokens of this micro-batch that count toward the normaliser."""
         ...
+
+
+StepBatches = tuple[list[dict[str, torch.Tensor]], dict[str, float]]
+
+
+class BatchProducer(abc.ABC):
+    """An objective that produces its own batches, plugged into ``Trainer.fit``'s one loop.
+
+    The trainer resumes first (``trainer.step`` is then the resumed step), calls ``start`` once, then
+    runs one optimizer step per item of ``steps`` — each item is the step's micro-batches and extra
+    metrics to log with it (rollout statistics) — while ``trainer.step < training.steps``, logs and
+    checkpoints on the configured cadence, calls ``end`` and finishes the run (final checkpoint, HF
+    export). ``steps`` must be a function of ``trainer.step`` (seeds, data order), so a resumed run
+    continues the same sequence. Evaluations log through ``trainer.log(metrics)``.
+    """
+
+    @abc.abstractmethod
+    def start(self, trainer) -> None:
+        """Load data, frozen models and the rollout engine; the first evaluation."""
+
+    @abc.abstractmethod
+    def steps(self, trainer) -> Iterator[StepBatches]:
+        """Each optimizer step's (micro-batches, extra metrics)."""
+
+    def step_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Turn the step's summed objective metrics (``objective/...``) into what is logged."""
+        return metrics
+
+    def end(self, trainer) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """After the last step, before the final checkpoint: the last evaluation."""
 
 
 def token_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -14,14 +14,21 @@ exit code 2 from every rank.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 import sys
+import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
+import yaml
+from pydantic import ValidationError
+
 from qwen3_trainer.platform.train.config import TrainConfig, load_config
+from qwen3_trainer.platform.train.objectives import BatchProducer
 from qwen3_trainer.platform.train.parallel import DistEnv, validate_layout
 
 
@@ -72,13 +79,83 @@ def data_config(cfg: TrainConfig):
     return DataConfig.model_validate(raw)
 
 
+def read_config(config_path: str, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """``load_config`` with every problem of the document as one line: a PreflightError for a file that
+    does not parse or a ``--set`` that does not apply, pydantic's ValidationError for a field."""
+    kind = {"toml": "TOML", "json": "JSON"}.get(str(config_path).rsplit(".", 1)[-1].lower(), "YAML")
+    try:
+        return load_config(config_path, overrides)
+    except ValidationError:
+        raise
+    except (yaml.YAMLError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PreflightError(f"{config_path}: not valid {kind}: {first}") from None
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError) as exc:
+        # load_config's own check (a mapping at the top level) and a --set key that crosses a scalar
+        # or runs past a list: the document's problem, not the program's
+        where = f" (--set {', '.join(overrides)})" if overrides and not str(exc).startswith(str(config_path)) else ""
+        raise PreflightError(f"{config_path}{where}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+
+
+def check_config(raw: dict[str, Any], world_size: int) -> TrainConfig:
+    """The checks of ``preflight`` that need nothing outside the document: fields, parallel degrees
+    against ``world_size``, objective params, the data section. ``qtrain job render/submit`` run it on
+    a JobSpec's config."""
+    cfg = TrainConfig.model_validate(raw)
+    _layout(cfg, world_size)
+    _objective(cfg)
+    if cfg.data is not None:
+        data_config(cfg)
+    if cfg.checkpoint.export_hf and not cfg.checkpoint.dir:
+        raise PreflightError("checkpoint.export_hf needs checkpoint.dir (the export reads the final checkpoint)")
+    return cfg
+
+
+def _objective(cfg: TrainConfig) -> None:
+    try:  # objective params (types, ranges, modes, reward names): checked before any process group
+        from qwen3_trainer.platform.train.objectives import build_objective
+
+        build_objective(cfg.objective.name, cfg.objective.params)
+    except (ValueError, TypeError) as exc:
+        raise PreflightError(f"objective: {str(exc).splitlines()[0]}") from None
+
+
+def _layout(cfg: TrainConfig, world_size: int) -> None:
+    try:
+        validate_layout(cfg, world_size)
+    except ValueError as exc:  # validate_layout's one-line message about the degrees
+        raise PreflightError(str(exc)) from None
+
+
+def _frozen_models_share_the_vocabulary(cfg: TrainConfig) -> None:
+    """A teacher / reference checkpoint must have the policy's vocabulary rows: read from its
+    config.json (HF directory or DCP checkpoint), before any process group or weight load."""
+    import json
+
+    from qwen3_trainer.model import storage
+    from qwen3_trainer.model.flavors import FLAVORS
+
+    policy = cfg.model.vocab_size or FLAVORS[cfg.model.flavor].vocab_size
+    for key in ("teacher", "reference"):
+        path = cfg.objective.params.get(key)
+        if not isinstance(path, str) or not storage.exists(storage.join(path, "config.json")):
+            continue  # missing checkpoints are reported by the objective with their own message
+        vocab = json.loads(storage.read_text(storage.join(path, "config.json"))).get("vocab_size")
+        if vocab is not None and vocab != policy:
+            raise PreflightError(f"objective.params.{key}: {storage.redact(path)} has a vocabulary of {vocab} rows "
+                                 f"but the policy has {policy}: they must share the tokenizer and vocabulary size")
+
+
 def preflight(cfg: TrainConfig, env: DistEnv) -> None:
-    """Checks that need no process group. Raises PreflightError / ValueError with one line."""
+    """Checks that need no process group. Raises PreflightError (or the data / storage / tracking
+    module's own error) with one line."""
     from qwen3_trainer.model import storage
     from qwen3_trainer.platform.data import validate_sources
     from qwen3_trainer.platform.tracking import check_reachable
 
-    validate_layout(cfg, env.world_size)
+    _layout(cfg, env.world_size)
+    _objective(cfg)
+    _frozen_models_share_the_vocabulary(cfg)
     if cfg.data is not None:
         validate_sources(data_config(cfg))
     for label, path in (("checkpoint.dir", cfg.checkpoint.dir), ("init.path", cfg.init.path),
@@ -92,9 +169,23 @@ def preflight(cfg: TrainConfig, env: DistEnv) -> None:
         raise PreflightError(f"init.path: {cfg.init.path} does not exist")
     if cfg.checkpoint.export_hf and not cfg.checkpoint.dir:
         raise PreflightError("checkpoint.export_hf needs checkpoint.dir (the export reads the final checkpoint)")
+    if cfg.checkpoint.export_hf and resume_point(cfg) is None:  # a fresh run never replaces a user's files
+        held = storage.occupied(cfg.checkpoint.export_hf)
+        if held:
+            raise PreflightError(f"checkpoint.export_hf: {storage.redact(cfg.checkpoint.export_hf)} {held}; "
+                                 "a new run does not replace it (choose another path or remove it)")
     uri = cfg.tracking.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI")
     if uri and env.rank == 0:
         check_reachable(uri)
+
+
+def resume_point(cfg: TrainConfig) -> str | None:
+    """The newest complete checkpoint the run will resume from, if any."""
+    if not cfg.checkpoint.dir or not cfg.checkpoint.resume:
+        return None
+    from qwen3_trainer.platform.train.checkpoint import Checkpointer
+
+    return Checkpointer(cfg.checkpoint.dir, async_save=False).latest()  # no process group of its own: not collective
 
 
 def _setup_logging(rank: int, dump_dir: str) -> None:
@@ -118,16 +209,23 @@ def train(cfg: TrainConfig, env: DistEnv | None = None) -> dict[str, Any]:
                       tags={"qwen3.flavor": cfg.model.flavor, "qwen3.objective": cfg.objective.name})
     status = "FAILED"
     trainer = None
+    log = logging.getLogger("qwen3_trainer.train")
+    started = time.monotonic()
     try:
         trainer = Trainer(cfg, env, tracker=tracker)
-        if not hasattr(trainer.objective, "fit"):  # rollout objectives bring their own data
+        if not isinstance(trainer.objective, BatchProducer):  # rollout objectives bring their own data
             trainer.loader = _build_loader(cfg, trainer, env)
         tracker.log_params({**cfg.model_dump(mode="json"), "world_size": env.world_size})
+        resume = resume_point(cfg) if env.rank == 0 else None
+        if resume:
+            log.info("resuming from step %d of %d (%s)", _step_of(resume), cfg.training.steps, resume)
         summary = trainer.fit()
         if env.rank == 0 and trainer.loader is not None:
             mix = trainer.loader.mix_report()
             tracker.log_params({"data.realized_mix": {k: round(v["fraction"], 4) for k, v in mix.items()}})
             tracker.log_metrics(trainer.step, {"tracking/log_seconds": tracker.log_seconds})
+        if env.rank == 0:
+            log.info("%s", summary_line(cfg, trainer.step, summary, time.monotonic() - started))
         status = "FINISHED"
         return summary
     finally:
@@ -145,6 +243,32 @@ def train(cfg: TrainConfig, env: DistEnv | None = None) -> dict[str, Any]:
 
             if dist.is_initialized():
                 dist.destroy_process_group()
+
+
+def _step_of(checkpoint: str) -> int:
+    import re
+
+    m = re.search(r"step-(\d+)/*$", checkpoint)
+    return int(m.group(1)) if m else -1
+
+
+def summary_line(cfg: TrainConfig, step: int, summary: dict[str, Any], seconds: float) -> str:
+    """The run's last line: steps, where it resumed, the last loss, checkpoint, export, metrics file."""
+    from qwen3_trainer.model.storage import redact
+
+    summary = summary if isinstance(summary, dict) else {}
+    parts = [f"finished: step {step}/{cfg.training.steps} in {seconds:.0f} s"]
+    if summary.get("resumed_from"):
+        parts.append(f"resumed from step {_step_of(summary['resumed_from'])}")
+    history = summary.get("history") or []
+    if history and "loss" in history[-1]:
+        parts.append(f"loss {history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}")
+    if summary.get("final_checkpoint"):
+        parts.append(f"checkpoint {summary['final_checkpoint']}")
+    if cfg.checkpoint.export_hf:
+        parts.append(f"HF export {cfg.checkpoint.export_hf}")
+    parts.append(f"metrics {cfg.tracking.metrics_file or Path(cfg.dump_dir) / 'metrics.jsonl'}")
+    return redact(" · ".join(parts))
 
 
 def _build_loader(cfg: TrainConfig, trainer, env: DistEnv):
@@ -165,7 +289,7 @@ def _build_loader(cfg: TrainConfig, trainer, env: DistEnv):
 
 def main(config_path: str, overrides: dict[str, Any] | None = None, extra_argv: list[str] | None = None) -> int:
     argv = torchrun_argv(config_path, extra_argv or [])
-    cfg = load_config(config_path, overrides)
+    cfg = read_config(config_path, overrides)
     env = DistEnv.from_env()
     if argv is not None:
         # validate once on the pod before spawning the local ranks

@@ -29,7 +29,12 @@ from qwen3_trainer.platform.train import parallel
 from qwen3_trainer.platform.train.checkpoint import Checkpointer, rng_state, set_rng_state
 from qwen3_trainer.platform.train.config import TrainConfig
 from qwen3_trainer.platform.train.metrics import flops_per_token, memory_gib, peak_flops
-from qwen3_trainer.platform.train.objectives import ObjectiveContext, build_objective, token_cross_entropy
+from qwen3_trainer.platform.train.objectives import (
+    BatchProducer,
+    ObjectiveContext,
+    build_objective,
+    token_cross_entropy,
+)
 
 log = logging.getLogger("qwen3_trainer.train")
 FULL_INIT_MAX_PARAMS = 2_000_000_000  # below this, every rank builds the same seeded full init
@@ -65,6 +70,7 @@ class Trainer:
         self.dp_rank = self.pdims.get_mesh("batch").get_local_rank() if self.dp_world > 1 else 0
         self.loader = loader
         self.step = 0
+        self.history: list[dict[str, Any]] = []
         self.tracker = tracker
         ckpt = cfg.checkpoint
         self.checkpointer = (
@@ -350,28 +356,28 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> dict[str, Any]:
-        """Train ``training.steps`` steps from the loader (resuming if a checkpoint exists).
-
-        Objectives that produce their own batches (RL rollouts, on-policy distillation) define
-        ``fit(trainer)`` and drive the loop themselves through ``train_step`` / ``save``.
-        """
-        if hasattr(self.objective, "fit"):
-            return self.objective.fit(self)
+        """The one training loop: resume from the newest complete checkpoint, then one optimizer step per
+        batch set — from the data loader, or from the objective when it is a ``BatchProducer`` (RL
+        rollouts, on-policy distillation, reward-model pairs) — logging every step, checkpointing every
+        ``checkpoint.interval`` steps, and finishing with the final checkpoint and the HF export."""
         cfg = self.cfg
         resumed = self.maybe_resume()
         if resumed and self.tracker:
             self.tracker.set_tag("resumed_from", resumed)
-        history: list[dict[str, float]] = []
+        self.history = []
+        producer = self.objective if isinstance(self.objective, BatchProducer) else None
+        if producer is not None:
+            producer.start(self)
+            source = producer.steps(self)
+        else:
+            source = ((self.loader.next_step(), {}) for _ in iter(int, 1))
         ckpt_seconds = 0.0
         while self.step < cfg.training.steps:
-            batches = self.loader.next_step()
+            batches, extra = next(source)
             metrics = self.train_step(batches)
-            history.append({"step": self.step, **metrics})
-            if self.tracker and self.step % cfg.tracking.log_interval == 0:
-                self.tracker.log_metrics(self.step, metrics)
-            if self.env.rank == 0:
-                log.info("step %d loss %.4f grad_norm %.3f lr %.2e %.0f tok/s", self.step, metrics["loss"],
-                         metrics["grad_norm"], metrics["lr"], metrics["tokens_per_s"])
+            if producer is not None:
+                metrics = producer.step_metrics(metrics)
+            self.log({**metrics, **extra}, step_line=producer is None)
             interval = cfg.checkpoint.interval
             if self.checkpointer and interval and self.step % interval == 0 and self.step < cfg.training.steps:
                 t = time.perf_counter()
@@ -379,7 +385,27 @@ class Trainer:
                 ckpt_seconds += time.perf_counter() - t
                 if self.tracker:
                     self.tracker.set_tag(f"checkpoint.step-{self.step}", path)
-        return self.finish(history, resumed, ckpt_seconds)
+        if producer is not None:
+            source.close()
+            producer.end(self)
+        return self.finish(self.history, resumed, ckpt_seconds)
+
+    # the per-step line of rollout-driven runs: the metrics a person watches
+    SHOWN = ("loss", "reward/mean", "eval/accuracy", "kl", "entropy", "objective/kl")
+
+    def log(self, metrics: dict[str, float], *, step_line: bool = False) -> None:
+        """Record ``metrics`` at the current step: the run's history, the tracker (every
+        ``tracking.log_interval`` steps; evaluations always) and one line on rank 0."""
+        self.history.append({"step": self.step, **metrics})
+        if self.tracker and (self.step % self.cfg.tracking.log_interval == 0 or "loss" not in metrics):
+            self.tracker.log_metrics(self.step, metrics)
+        if self.env.rank != 0:
+            return
+        if step_line:
+            log.info("step %d loss %.4f grad_norm %.3f lr %.2e %.0f tok/s", self.step, metrics["loss"],
+                     metrics["grad_norm"], metrics["lr"], metrics["tokens_per_s"])
+        else:
+            log.info("step %d %s", self.step, " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in self.SHOWN))
 
     def finish(self, history: list[dict[str, Any]], resumed: str | None, ckpt_seconds: float = 0.0) -> dict[str, Any]:
         """End a run: the final (sync) checkpoint, the commit wait, and the HF export on rank 0.
@@ -397,7 +423,7 @@ class Trainer:
                 from qwen3_trainer.model.dcp_io import load_model_dcp
                 from qwen3_trainer.model.hf_interop import to_hf
 
-                to_hf(load_model_dcp(final), export)
+                to_hf(load_model_dcp(final), export, overwrite=True)  # preflight refused a fresh run onto files
                 if self.tracker:
                     self.tracker.set_tag("export.hf", export)
             parallel_barrier()

@@ -1,6 +1,7 @@
-"""KV-cached generation on the torchtitan Qwen3: greedy equals transformers' ``generate`` on the same
-weights (dense and MoE, left-padded batch, 32 new tokens), log-probs equal an uncached forward,
-sampling controls, stop ids, and the thinking budget on a model rigged to think forever."""
+"""Generation on the torchtitan Qwen3 (the decode engine behind ``generate``): greedy equals the eager
+reference path and transformers' ``generate`` on the same weights (dense and MoE, left-padded batch,
+64 new tokens), log-probs equal an uncached forward, sampling controls, stop ids, the thinking budget
+on a model rigged to think forever, and the vLLM client against a fake server."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from qwen3_trainer.model.generation import (
     LocalRolloutEngine,
     RolloutEngine,
     SamplingParams,
-    _nucleus,
 )
+from qwen3_trainer.model.generation_eager import _nucleus, generate_eager
 from qwen3_trainer.model.vllm_client import VLLMRolloutEngine
 
 QUESTIONS = ["Hi", "What is the capital of France? Explain step by step.", "2+2"]
@@ -52,21 +53,24 @@ def chat_prompts(tok, questions=QUESTIONS, **kw):
 
 
 @pytest.mark.parametrize("flavor", ["debugmodel", "debugmodel_moe"])
-def test_greedy_equals_transformers_generate(flavor, tok, tmp_path):
+def test_greedy_equals_eager_path_and_transformers_generate(flavor, tok, tmp_path):
     model = random_model(flavor)
     to_hf(model, str(tmp_path / "hf"))
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     prompts = chat_prompts(tok)
-    out = generate(model, prompts, tok, max_new_tokens=32)
+    params = SamplingParams(max_new_tokens=64, stop_ids=())
+    out = generate(model, prompts, tok, params)
+    eager = generate_eager(model, prompts, tok, params)
 
     width = max(map(len, prompts))
     ids = torch.tensor([[tok.pad] * (width - len(p)) + p for p in prompts])
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-    ref = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=32, do_sample=False)[:, width:]
-    for i in range(len(prompts)):
-        expected = ref[i].tolist()[: out.lengths[i]]
-        assert out.tokens[i] == expected, f"sequence {i}"
-    assert out.lengths == [32, 32, 32] and out.finish_reasons == ["length"] * 3
+    ref = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=64, min_new_tokens=64,
+                      do_sample=False)[:, width:]  # fmt: skip
+    assert out.tokens == ref.tolist() == eager.tokens
+    assert out.lengths == [64, 64, 64] and out.finish_reasons == ["length"] * 3
+    for a, b in zip(out.logprobs, eager.logprobs, strict=True):
+        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-4
     assert len({tuple(t) for t in out.tokens}) == 3  # outputs depend on the prompt: the test has teeth
 
 
@@ -227,20 +231,23 @@ class _CompletionsServer:
                 assert self.path == "/v1/completions" and body["return_tokens_as_token_ids"] is True
                 params = SamplingParams(
                     max_new_tokens=body["max_tokens"], temperature=body["temperature"], top_p=body["top_p"],
-                    top_k=max(0, body["top_k"]), stop_ids=tuple(body["stop_token_ids"]),
+                    top_k=max(0, body["top_k"]), stop_ids=tuple(body["stop_token_ids"]), seed=body.get("seed"),
                 )  # fmt: skip
                 with lock:
-                    out = generate(model, [body["prompt"]], tok, params)
-                choice = {
-                    "index": 0,
-                    "text": tok.decode(out.tokens[0]),
-                    "finish_reason": out.finish_reasons[0],
-                    "logprobs": {
-                        "tokens": [f"token_id:{t}" for t in out.tokens[0]],
-                        "token_logprobs": out.logprobs[0],
-                    },
-                }
-                data = json.dumps({"object": "text_completion", "choices": [choice]}).encode()
+                    out = generate(model, [body["prompt"]] * body.get("n", 1), tok, params)
+                choices = [
+                    {
+                        "index": i,
+                        "text": tok.decode(out.tokens[i]),
+                        "finish_reason": out.finish_reasons[i],
+                        "logprobs": {
+                            "tokens": [f"token_id:{t}" for t in out.tokens[i]],
+                            "token_logprobs": out.logprobs[i],
+                        },
+                    }
+                    for i in range(len(out.tokens))
+                ][::-1]  # any order: the client sorts by index
+                data = json.dumps({"object": "text_completion", "choices": choices}).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
@@ -260,17 +267,37 @@ def test_vllm_client_equals_local_engine(tok):
         engine = VLLMRolloutEngine(server.url, "qwen3-debug", tok)
         thinking = chat_prompts(tok, ["Prove it."])[0] + tok.encode("<think>\n")
         prompts = [thinking, chat_prompts(tok, ["Hi"], enable_thinking=False)[0]]
-        for params in (
-            SamplingParams(max_new_tokens=20),
-            SamplingParams(max_new_tokens=40, thinking_budget=7),
+        for params, requests in (
+            (SamplingParams(max_new_tokens=20), 2),  # one request per prompt
+            # the thinking prompt: up to the budget, then one request to the end (was one per token)
+            (SamplingParams(max_new_tokens=40, thinking_budget=7), 3),
         ):
+            before = len(server.requests)
             remote, local = engine.generate(prompts, params), generate(model, prompts, tok, params)
+            assert len(server.requests) - before == requests
             assert remote.tokens == local.tokens and remote.forced == local.forced
             assert remote.finish_reasons == local.finish_reasons
             for r, loc, f in zip(remote.logprobs, local.logprobs, remote.forced, strict=True):
                 sampled = [(a, b) for a, b, forced in zip(r, loc, f, strict=True) if not forced]
                 assert all(abs(a - b) < 1e-4 for a, b in sampled)
-        assert any(f for f in remote.forced[0]) and len(server.requests) > 4  # the budget split the request
+        assert any(f for f in remote.forced[0])  # the budget split the request
+    finally:
+        server.httpd.shutdown()
+
+
+def test_vllm_client_sends_a_group_as_one_request_with_n(tok):
+    model = random_model("debugmodel")
+    server = _CompletionsServer(model, tok)
+    try:
+        engine = VLLMRolloutEngine(server.url, "qwen3-debug", tok)
+        a, b = chat_prompts(tok, ["Hi", "2+2"])
+        prompts = [a] * 4 + [b] * 3
+        params = SamplingParams(max_new_tokens=6, temperature=1.0, seed=0)
+        out = engine.generate(prompts, params)
+        assert sorted(r["n"] for r in server.requests) == [3, 4]
+        assert out.tokens[:4] == generate(model, [a] * 4, tok, params).tokens  # rows keep their order
+        assert out.tokens[4:] == generate(model, [b] * 3, tok, params).tokens
+        assert len({tuple(t) for t in out.tokens[:4]}) > 1  # the n samples differ
     finally:
         server.httpd.shutdown()
 

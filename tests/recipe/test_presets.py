@@ -55,7 +55,7 @@ def test_tiny_keeps_the_miniature_and_the_benchmark_lessons():
     s1, s3 = tiny.spec("S1"), tiny.spec("S3")
     assert s3.training.seq_len == 4 * s1.training.seq_len == 512
     assert all(tiny.spec(s).scale.device == "cpu" for s in STAGES)
-    # fusion below the cold start's lr (benchmarks/posttrain.md: 2e-3 undid the GRPO gain)
+    # fusion below the cold start's lr (docs/posttrain-history.md: 2e-3 undid the GRPO gain)
     assert tiny.spec("T3").training.lr < tiny.spec("T1").training.lr and tiny.spec("T3").training.lr <= 5e-4
     assert tiny.spec("D").objective.teacher_temperature == 0.3 and tiny.spec("D").objective.offpolicy_mode == "sft"
 

@@ -1,4 +1,4 @@
-"""Loss math against hand-computed values and torch's own KL."""
+"""Loss math against hand-computed values, torch's own KL and the unchunked log-softmax."""
 
 import math
 
@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from qwen3_trainer.platform.posttrain import losses as L
 from qwen3_trainer.platform.posttrain.grpo import GRPO
 from qwen3_trainer.platform.train.objectives import ObjectiveContext
+
+IGN = L.IGNORE
 
 
 def test_group_advantages_by_hand():
@@ -80,12 +82,100 @@ def test_grpo_objective_loss_by_hand():
     # token 0: ratio 1 -> -1; k3(ref .25 vs .5) = .5 + ln2 - 1 | token 1: ratio 2 -> clipped 1.2 -> -1.2; k3 = 0
     expected = (-1.0 + 0.1 * (0.5 + math.log(2) - 1) - 1.2 + 0.0) / 4.0
     assert loss.item() == pytest.approx(expected, abs=1e-6)
-    assert metrics["tokens"] == 2 and metrics["clipped"] == 1
+    assert float(metrics["tokens"]) == 2 and float(metrics["clipped"]) == 1
     h0 = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
     h1 = -(0.6 * math.log(0.6) + 2 * 0.2 * math.log(0.2))
-    assert metrics["entropy_sum"] == pytest.approx(h0 + h1, abs=1e-5)
+    assert float(metrics["entropy_sum"]) == pytest.approx(h0 + h1, abs=1e-5)
 
 
 def test_grpo_rejects_groups_of_one():
     with pytest.raises(ValueError, match="group_size"):
         GRPO("q.jsonl", group_size=1)
+
+
+def test_kl_estimators_by_hand():
+    logp, ref = torch.tensor(math.log(0.5)), torch.tensor(math.log(0.25))
+    assert L.kl_estimate(logp, ref, "k1").item() == pytest.approx(math.log(2), abs=1e-6)  # log(pi / ref)
+    assert L.kl_estimate(logp, ref, "k2").item() == pytest.approx(0.5 * math.log(2) ** 2, abs=1e-6)
+    assert L.kl_estimate(logp, ref, "k3").item() == pytest.approx(0.5 + math.log(2) - 1, abs=1e-6)
+    with pytest.raises(ValueError, match="kl_estimator 'k9'"):
+        L.kl_estimate(logp, ref, "k9")
+
+
+def test_aggregation_modes_by_hand():
+    # row 0: one loss token of loss 2; row 1: three tokens of loss 1; row 2: no loss token
+    per_tok = torch.tensor([[2.0, 9.0, 9.0], [1.0, 1.0, 1.0], [9.0, 9.0, 9.0]])
+    mask = torch.tensor([[True, False, False], [True, True, True], [False, False, False]])
+    assert L.aggregate(per_tok, mask, "token-mean", 4).item() == 5.0
+    assert L.loss_units(mask, "token-mean") == 4
+    assert L.aggregate(per_tok, mask, "seq-mean-token-mean", 4).item() == 2.0 + 1.0
+    assert L.loss_units(mask, "seq-mean-token-mean") == 2  # the empty row is no sequence of the loss
+    assert L.aggregate(per_tok, mask, "seq-mean-token-sum-norm", 4).item() == pytest.approx(2 / 4 + 3 / 4)
+    assert L.loss_units(mask, "seq-mean-token-sum-norm") == 2
+    with pytest.raises(ValueError, match="loss_agg 'mean'"):
+        L.aggregate(per_tok, mask, "mean", 4)
+
+
+def test_overlong_penalty_by_hand():
+    # budget 10, buffer 4: free up to 6 tokens, then -1/4 per token down to -1 at 10
+    assert [L.overlong_penalty(n, 10, 4) for n in (3, 6, 7, 9, 10, 12)] == [0.0, 0.0, -0.25, -0.75, -1.0, -1.0]
+    assert L.overlong_penalty(8, 10, 4, factor=0.5) == -0.25
+    assert L.overlong_penalty(10, 10, 0) == 0.0  # buffer 0: off
+
+
+def test_zero_variance_groups():
+    r = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.5, 0.5])
+    assert L.zero_variance_groups(r, 2).tolist() == [True, False, True]
+
+
+def _reference_stats(logits, labels, temperature):
+    z = (logits.float() / temperature).log_softmax(-1)
+    logp = z.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (labels != IGN)
+    return logp, -(z.exp() * z).sum(-1)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 4, 100])
+def test_chunked_stats_equal_the_unchunked_with_gradients(chunk):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 11, generator=g).requires_grad_()
+    labels = torch.randint(0, 11, (2, 5), generator=g)
+    labels[0, 3] = labels[1, 0] = IGN
+    w1, w2 = torch.randn(2, 5, generator=g), torch.randn(2, 5, generator=g)
+    logp, ent = L.token_stats(logits, labels, temperature=0.7, chunk=chunk)
+    ref_logp, ref_ent = _reference_stats(logits, labels, 0.7)
+    assert torch.allclose(logp, ref_logp, atol=1e-6) and torch.allclose(ent, ref_ent, atol=1e-6)
+    assert logp[0, 3] == 0 and logp[1, 0] == 0
+    grad, = torch.autograd.grad((logp * w1 + ent * w2).sum(), logits)
+    ref_grad, = torch.autograd.grad((ref_logp * w1 + ref_ent * w2).sum(), logits)
+    assert torch.allclose(grad, ref_grad, atol=1e-6)
+    with torch.no_grad():  # the no-grad path (old / reference log-probs) is the same arithmetic
+        assert torch.equal(L.token_stats(logits, labels, temperature=0.7, chunk=chunk)[0], logp.detach())
+
+
+def test_chunked_stats_never_hold_the_full_fp32_tensor():
+    """bf16 logits [4, 64, V]: no fp32 tensor of more than chunk x V elements is ever made, forward or
+    backward, and each chunk is recomputed once in the backward (checkpointed, not stored)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        largest, lse_calls = 0, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten.logsumexp.default:
+                self.lse_calls += 1
+            for t in out if isinstance(out, tuple | list) else [out]:
+                if isinstance(t, torch.Tensor) and t.dtype == torch.float32:
+                    self.largest = max(self.largest, t.numel())
+            return out
+
+    V, chunk = 50, 16
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 64, V, generator=g).bfloat16().requires_grad_()
+    labels = torch.randint(0, V, (4, 64), generator=g)
+    with Record() as rec:
+        logp, ent = L.token_stats(logits, labels, chunk=chunk)
+        (logp.sum() + ent.sum()).backward()
+    assert rec.largest == chunk * V < 4 * 64 * V
+    assert rec.lse_calls == 2 * (4 * 64 // chunk)  # forward + one recompute per chunk
+    assert logits.grad.dtype == torch.bfloat16

@@ -35,13 +35,19 @@ def test_throwing_component_is_zero_and_counted():
     assert fn.error_count == 2
 
 
-def test_bad_specs():
-    with pytest.raises(ValueError, match="unknown component 'nope'"):
-        R.RewardFunction([{"name": "nope"}])
-    with pytest.raises(ValueError, match="needs params.path"):
-        R.RewardFunction([{"name": "reward_model"}])
-    with pytest.raises(ValueError, match="no reward components"):
-        R.RewardFunction([])
+@pytest.mark.parametrize("spec,message", [
+    ([{"name": "nope"}], r"rewards\[0\].name: unknown component 'nope'"),
+    ([{"name": "math"}, {"name": "reward_model"}], r"rewards\[1\]: reward_model needs model \(or params.path\)"),
+    ([], "no reward components"),
+    ([{"name": "math", "wieght": 2}], r"rewards\[0\]: unknown key 'wieght'"),
+    ([{"name": "math", "weight": "2"}], r"rewards\[0\].weight: must be a number"),
+    ([{"name": "judge", "model": "m", "params": {"batch": 0}}], r"rewards\[0\].params.batch"),
+    ([{"name": "format", "params": {"x": 1}}], r"rewards\[0\].params: format takes no params"),
+])
+def test_bad_specs_are_one_line_errors_before_any_model_loads(spec, message):
+    with pytest.raises(ValueError, match=message) as err:
+        R.RewardFunction(spec)
+    assert "\n" not in str(err.value)
 
 
 def test_reward_model_and_judge_score_with_real_models(hf_checkpoint):
@@ -62,3 +68,23 @@ def test_reward_model_with_another_vocabulary_is_one_line_error(hf_checkpoint):
     with pytest.raises(ValueError, match="reward model .* has a vocabulary of 152000 rows but the policy has 151936"):
         R.RewardFunction([{"name": "reward_model", "params": {"path": hf_checkpoint(vocab_size=152000)}}],
                          tokenizer=load_tokenizer(), vocab_size=151936)
+
+
+def test_judge_scores_a_batch_per_forward_as_one_by_one(hf_checkpoint):
+    """``{name: judge, model: ...}``: 3 responses in forwards of 2 (right-padded) equal 3 forwards of 1;
+    a record without a reference answer gets the reference-free question."""
+    from qwen3_trainer.model.tokenizer import load_tokenizer
+
+    tok = load_tokenizer()
+    judge = R.RewardFunction([{"name": "judge", "model": hf_checkpoint(seed=1), "params": {"batch": 2}}],
+                             tokenizer=tok, vocab_size=151936).parts[0][2]
+    calls = []
+    forward = judge.model.forward
+    judge.model.forward = lambda ids: calls.append(ids.shape) or forward(ids)
+    recs = [_rec(), _rec(answer="12345678"), {"prompt": _rec()["prompt"]}]
+    responses = ["\\boxed{5}", "a much longer response, \\boxed{7}", "\\boxed{5}"]
+    batched = judge(recs, responses, [False] * 3)
+    assert [s[0] for s in calls] == [2, 1]
+    judge.batch = 1
+    assert batched == pytest.approx(judge(recs, responses, [False] * 3), abs=1e-5)
+    assert "Reference answer" not in tok.decode(judge.prompt_ids(recs[2], responses[2]))

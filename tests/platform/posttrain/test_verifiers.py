@@ -30,6 +30,32 @@ def test_math_equal(pred, ref, equal):
     assert v.math_equal(pred, ref) is equal
 
 
+@pytest.mark.parametrize("pred,ref,equal", [
+    ("47", "47", True),
+    ("47.0", "47", True),
+    (r"\frac{94}{2}", "47", True),
+    (r"\dfrac{94}{2}", "47", True),
+    ("46", "47", False),
+    (r"\frac{93}{2}", "47", False),
+    (r"\frac{\sqrt{2}}{2}", r"\frac{1}{\sqrt{2}}", True),   # math-verify: not numbers, not equal strings
+    ("(x+1)^2", "x^2+2x+1", True),
+    (r"2\pi", r"\pi", False),
+    (r"\{1, 2\}", r"\{2, 1\}", True),
+    (r"\sqrt{8}", r"2\sqrt{2}", True),
+    (r"\sqrt{8}", r"3\sqrt{2}", False),
+])
+def test_math_equal_with_math_verify(pred, ref, equal):
+    assert v.math_equal(pred, ref) is equal
+    assert v.math_reward(f"<think>\n\n</think>\n\n\\boxed{{{pred}}}", ref) == float(equal)
+
+
+def test_plain_numbers_never_reach_sympy(monkeypatch):
+    """The miniature's integer answers stay on the fast paths (exact string, then numbers)."""
+    monkeypatch.setattr(v, "symbolic_equal", lambda *a: pytest.fail("math-verify called"))
+    assert v.math_reward("\\boxed{47}", "47") == 1.0 and v.math_reward("\\boxed{46}", "47") == 0.0
+    assert v.math_equal("47.0", "47") and v.math_equal(r"\frac{94}{2}", "47")
+
+
 def test_math_equal_tolerance_is_configurable():
     assert not v.math_equal("3.1", "3")
     assert v.math_equal("3.1", "3", rel_tol=0.05)
