@@ -294,6 +294,7 @@ class DecodeEngine:
         ws.temperature.fill_(params.temperature or 1.0)
         ws.top_p.fill_(params.top_p)
         ws.seed.fill_(params.seed if params.seed is not None else int(torch.randint(0, 2**31 - 1, ())))
+        ws.row_offset.fill_(params.row_offset)
         ws.budget.fill_(params.thinking_budget or 0)
         ws.has_budget.fill_(params.thinking_budget is not None and len(plan["forced"]) > 0)
         ws.forced_len.fill_(len(plan["forced"]))
@@ -368,8 +369,8 @@ class DecodeEngine:
 
     def _choose(self, ws: DecodeWorkspace, b: int, logits: torch.Tensor, key: tuple) -> None:
         out = (ws.out_tok, ws.out_lp, ws.out_forced, ws.out_len, ws.out_stop)
-        cfg = (ws.temperature, ws.top_p, ws.seed, ws.budget, ws.has_budget, ws.forced_text, ws.forced_len,
-               ws.stop_ids)  # fmt: skip
+        cfg = (ws.temperature, ws.top_p, ws.seed, ws.row_offset, ws.budget, ws.has_budget, ws.forced_text,
+               ws.forced_len, ws.stop_ids)  # fmt: skip
         self._fn("choose", *key)(logits, tuple(ws.state.view(b).tensors()), out, cfg)
 
     def _prefill(self, ws: DecodeWorkspace, prompts: list[list[int]], plen: int) -> torch.Tensor:

@@ -73,10 +73,10 @@ def _make_choose(mode: str, top_k: int, vocab: int, think: int, end_think: int):
     def choose(logits, state, out, cfg):
         tok, pos, row, done, thinking, count, qpos, slot, step = state
         out_tok, out_lp, out_forced, out_len, out_stop = out
-        temperature, top_p, seed, budget, has_budget, forced_text, forced_len, stop_ids = cfg
+        temperature, top_p, seed, row_offset, budget, has_budget, forced_text, forced_len, stop_ids = cfg
         logits = logits.float()
         sampled = sampling.choose(logits, mode=mode, top_k=top_k, vocab=vocab, temperature=temperature,
-                                  top_p=top_p, seed=seed, step=step, rows=row)  # fmt: skip
+                                  top_p=top_p, seed=seed, step=step, rows=row + row_offset)  # fmt: skip
         forced = qpos >= 0
         chosen = torch.where(forced, forced_text[qpos.clamp(min=0)], sampled)
         logp = logits.gather(-1, chosen[:, None]).squeeze(-1) - sampling.logsumexp(logits)

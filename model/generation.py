@@ -46,6 +46,10 @@ class SamplingParams:
     thinking_budget: int | None = None  # thinking tokens before the stop-thinking text is forced in
     stop_thinking_text: str = STOP_THINKING_REPORT
     seed: int | None = None
+    # the first row's index in the whole (all-rank) batch: the engine's sampling noise is a function of
+    # (seed, step, row + row_offset, token), so a rank sampling rows k.. of a batch draws what one
+    # process sampling the whole batch draws for them (layout-independent rollouts)
+    row_offset: int = 0
 
     def validate(self) -> None:
         if self.max_new_tokens < 1:

@@ -74,6 +74,7 @@ class DecodeWorkspace:
         self.temperature = torch.ones(1, device=dev)
         self.top_p = torch.ones(1, device=dev)
         self.seed = z(n=1)
+        self.row_offset = z(n=1)  # added to a row's index in the sampling hash (its row in a larger batch)
         self.budget = z(n=1)  # thinking budget; has_budget False disables it
         self.has_budget = z(torch.bool, 1)
         self.forced_text = z(n=FORCED_CAPACITY)

@@ -35,7 +35,7 @@ import torch
 from pydantic import ConfigDict, Field, validate_call
 
 from qwen3_trainer.platform.posttrain import losses
-from qwen3_trainer.platform.posttrain.grpo import one_line_params_error
+from qwen3_trainer.platform.posttrain.grpo import _block, one_line_params_error
 from qwen3_trainer.platform.posttrain.losses import IGNORE
 from qwen3_trainer.platform.train.objectives import BatchProducer
 
@@ -199,14 +199,16 @@ class DistillOnPolicy(BatchProducer):
                 self.policy_engine.sync(trainer)
                 picked = [self.train_prompts[rng.randrange(len(self.train_prompts))]
                           for _ in range(self.prompts_per_step)]
-                mine = picked[trainer.dp_rank:: trainer.dp_world]
-                flagged = [with_flag(q["prompt"], "/think" if rng.random() < self.think_ratio else "/no_think")
-                           for q in mine for _ in range(self.samples_per_prompt)]
+                modes = ["/think" if rng.random() < self.think_ratio else "/no_think" for _ in picked]
+                lo, hi = _block(len(picked), trainer.dp_rank, trainer.dp_world)  # rows lo*S.. of the step
+                flagged = [with_flag(q["prompt"], flag) for q, flag in zip(picked[lo:hi], modes[lo:hi], strict=True)
+                           for _ in range(self.samples_per_prompt)]
                 p_ids = [rollouts.prompt_ids(tok, p) for p in flagged]
                 room = seq_len + 1 - max(map(len, p_ids))
                 out = self.policy_engine.generate(p_ids, SamplingParams(
                     max_new_tokens=max(1, min(self.max_new_tokens, room)), temperature=self.temperature,
-                    top_p=self.top_p, seed=self.seed + 7919 * trainer.step + trainer.dp_rank))  # TP/CP peers: same rollouts
+                    top_p=self.top_p, seed=self.seed + 7919 * trainer.step,
+                    row_offset=lo * self.samples_per_prompt))  # layout-independent; TP/CP peers: same rollouts
                 masks = [[not f for f in forced] for forced in out.forced]
                 batches = rollouts.sequences_to_batches(p_ids, out.tokens, masks, micro_batch_size=mb,
                                                         pad_id=tok.pad, max_len=seq_len)

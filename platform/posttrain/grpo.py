@@ -138,6 +138,22 @@ class Rollout:
                          ("records", "prompts", "tokens", "forced", "truncated", "scores")), self.group_size)
 
 
+def _block(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous share [lo, hi) of ``n`` items (the first ``n % world`` ranks get one more)."""
+    return n * rank // world, n * (rank + 1) // world
+
+
+def _sum_over_ranks(trainer, values: list[float]) -> list[float]:
+    """``values`` summed over every rank (one all-reduce), for metrics that mean the whole step."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=trainer.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
 def _agree(trainer, value: int, op: str) -> int:
     """``value``'s min or max over every rank: ranks sample different groups, yet must all train the
     same number of micro-batches (each forward of a sharded model is a collective)."""
@@ -279,7 +295,8 @@ class GRPO(BatchProducer):
         base = self.seed * 1_000_003 + trainer.step  # a function of the step: a resumed run draws the same
         rng = random.Random(base if k == 0 else f"{base}:{k}")
         picked = [queries[i] for i in rng.sample(range(len(queries)), min(self.prompts_per_step, len(queries)))]
-        mine = picked[trainer.dp_rank:: trainer.dp_world]
+        lo, hi = _block(len(picked), trainer.dp_rank, trainer.dp_world)
+        mine = picked[lo:hi]  # a contiguous block: its rows are rows lo*G.. of the whole step's batch
         records = [q for q in mine for _ in range(self.group_size)]
         p_ids = [rollouts.prompt_ids(tok, q["prompt"]) for q in records]
         thinking = [rollouts.prompt_thinking(q["prompt"]) for q in records]
@@ -289,7 +306,8 @@ class GRPO(BatchProducer):
         budget = min(self.max_new_tokens, room)
         params = SamplingParams(max_new_tokens=budget, temperature=self.temperature, top_p=self.top_p,
                                 thinking_budget=self.thinking_budget,
-                                seed=self.seed + 7919 * trainer.step + trainer.dp_rank + 104_729 * k)  # TP/CP peers: same rollouts
+                                seed=self.seed + 7919 * trainer.step + 104_729 * k,
+                                row_offset=lo * self.group_size)  # layout-independent; TP/CP peers: same rollouts
         out = engine.generate(p_ids, params)
         texts = [rollouts.response_text(tok, q["prompt"], ids) for q, ids in zip(records, out.tokens, strict=True)]
         scores = reward(records, texts, thinking)
@@ -305,10 +323,14 @@ class GRPO(BatchProducer):
         first = self._sample(trainer, engine, tok, queries, reward, 0)
         flat = torch.tensor(first.scores)
         zero = losses.zero_variance_groups(flat, self.group_size)
-        metrics = {"reward/mean": float(flat.mean()), **reward.last,
-                   "rollout/response_tokens": sum(map(len, first.tokens)) / len(first.tokens),
-                   "rollout/truncated": sum(first.truncated) / len(first.truncated),
-                   "rollout/zero_std_groups": float(zero.float().mean())}
+        # means over every rank's rollouts (TP/CP peers hold copies: each DP group counts equally)
+        total = _sum_over_ranks(trainer, [float(flat.sum()), float(sum(map(len, first.tokens))),
+                                          float(sum(first.truncated)), float(zero.float().sum()),
+                                          float(len(first.tokens)), float(first.n_groups)])
+        n_rows, n_groups = max(total[4], 1.0), max(total[5], 1.0)
+        metrics = {"reward/mean": total[0] / n_rows, **reward.last,
+                   "rollout/response_tokens": total[1] / n_rows, "rollout/truncated": total[2] / n_rows,
+                   "rollout/zero_std_groups": total[3] / n_groups}
         if not self.dynamic_sampling:
             return first, metrics
         want = first.n_groups

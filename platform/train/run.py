@@ -188,10 +188,24 @@ def resume_point(cfg: TrainConfig) -> str | None:
     return Checkpointer(cfg.checkpoint.dir, async_save=False).latest()  # no process group of its own: not collective
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is when a record is emitted, not the stream of the moment the
+    trainer started (a run inside another program — a test's CLI runner — may swap and close it)."""
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
 def _setup_logging(rank: int, dump_dir: str) -> None:
     Path(dump_dir).mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format=f"[rank{rank}] %(asctime)s %(name)s: %(message)s", stream=sys.stdout, force=True)
+                        format=f"[rank{rank}] %(asctime)s %(name)s: %(message)s", handlers=[_StdoutHandler()],
+                        force=True)
 
 
 def train(cfg: TrainConfig, env: DistEnv | None = None) -> dict[str, Any]:
