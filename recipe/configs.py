@@ -16,20 +16,15 @@ import json
 from typing import Any
 
 from qwen3_trainer.model import storage
+from qwen3_trainer.platform.posttrain.prepare import FILES
 from qwen3_trainer.recipe.graph import GRAPH
 from qwen3_trainer.recipe.presets import Preset
 from qwen3_trainer.recipe.specs import StageSpec
 
 TOKENS = {"workdir": "{workdir}", "init": "{init}", "teacher": "{teacher}", "dump": "{dump}", "root": "{root}"}
 
-# the files a stage's preparation writes and its training reads, under <workdir>/data
-DATA_FILES = {
-    "T1": {"sft": "coldstart_sft.jsonl"},
-    "T2": {"queries": "queries.jsonl", "heldout": "heldout.jsonl"},
-    "T3": {"sft": "fusion_sft.jsonl"},
-    "T4": {"queries": "queries.jsonl", "heldout": "heldout.jsonl"},
-    "D": {"prompts": "prompts.jsonl", "teacher": "teacher_responses.jsonl", "heldout": "heldout.jsonl"},
-}
+# the files a stage's preparation writes and its training reads, under <workdir>/data (named by the job)
+DATA_FILES = FILES
 
 
 def stage_workdir(root: str, stage: str, config_hash: str) -> str:

@@ -20,26 +20,33 @@ def describe(exc: ValidationError) -> str:
     return (f"{loc}: {msg}" if loc else msg) + more
 
 
-def load_preset_file(path: str):
+def load_model_file(path: str, model, what: str = "file"):
+    """A YAML/JSON file (local or s3://) validated as pydantic ``model``; ValueError (one line naming
+    the file and the dotted key) if it is missing, unreadable, not a mapping or not the model."""
     from qwen3_trainer.model import storage
-    from qwen3_trainer.recipe.presets import Preset
 
     try:
         text = storage.read_text(path)
     except FileNotFoundError:
-        raise ValueError(f"recipe file {path}: not found") from None
+        raise ValueError(f"{what} {path}: not found") from None
     except storage.StorageError as exc:
-        raise ValueError(f"recipe file {path}: {exc}") from None
+        raise ValueError(f"{what} {path}: {exc}") from None
     try:
         raw = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
     except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise ValueError(f"recipe file {path}: not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
+        raise ValueError(f"{what} {path}: not valid YAML/JSON: {str(exc).splitlines()[0]}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"recipe file {path}: expected a mapping (a Preset), got {type(raw).__name__}")
+        raise ValueError(f"{what} {path}: expected a mapping, got {type(raw).__name__}")
     try:
-        return Preset.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        raise ValueError(f"recipe file {path}: {describe(exc)}") from None
+        raise ValueError(f"{what} {path}: {describe(exc)}") from None
+
+
+def load_preset_file(path: str):
+    from qwen3_trainer.recipe.presets import Preset
+
+    return load_model_file(path, Preset, "recipe file")
 
 
 def dump_preset(preset) -> str:

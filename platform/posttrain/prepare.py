@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 log = logging.getLogger(__name__)
 
 STAGES = ("T1", "T2", "T3", "T4", "D")
-FILES = {  # must match recipe.configs.DATA_FILES (tested)
+FILES = {  # what each stage writes (recipe.configs names these paths in the training config)
     "T1": {"sft": "coldstart_sft.jsonl"},
     "T2": {"queries": "queries.jsonl", "heldout": "heldout.jsonl"},
     "T3": {"sft": "fusion_sft.jsonl"},

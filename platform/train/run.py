@@ -256,6 +256,11 @@ def train(cfg: TrainConfig, env: DistEnv | None = None) -> dict[str, Any]:
             import torch.distributed as dist
 
             if dist.is_initialized():
+                if status == "FINISHED":
+                    # every rank reaches teardown before any tears down: a rank that destroys its gloo
+                    # group while a peer still logs or commits its last checkpoint aborts at exit
+                    # ("terminate called without an active exception", ep2 in CI)
+                    dist.barrier()
                 dist.destroy_process_group()
 
 
