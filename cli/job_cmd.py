@@ -2,6 +2,7 @@
 
 Examples:
     qtrain job render k8s/jobs/qwen3-30b-a3b-4x8.yaml              # the PyTorchJob YAML (+ ConfigMap)
+    qtrain job render k8s/jobs/qwen3-30b-a3b-4x8.yaml --kind TrainJob   # Kubeflow Trainer v2 TrainJob instead
     qtrain job submit k8s/jobs/debugmodel-cpu.yaml --wait          # local processes, live display
     qtrain job submit k8s/jobs/qwen3-30b-a3b-4x8.yaml --backend k8s
     qtrain job submit k8s/jobs/debugmodel-cpu.yaml --replace       # rerun: replaces the finished job's record
@@ -40,7 +41,7 @@ from qwen3_trainer.cli.output import (
 app = typer.Typer(help="Training jobs: render, submit, status, logs, cancel, list.", no_args_is_help=True)
 
 METRICS_LINE = re.compile(r"\bstep\b", re.IGNORECASE)
-STATE_STYLE = {"Succeeded": "green", "Failed": "red", "Restarting": "yellow", "Running": "cyan"}
+STATE_STYLE = {"Succeeded": "green", "Failed": "red", "Restarting": "yellow", "Running": "cyan", "Suspended": "yellow"}
 
 
 class Backend(StrEnum):
@@ -48,11 +49,19 @@ class Backend(StrEnum):
     k8s = "k8s"
 
 
+class Kind(StrEnum):
+    PyTorchJob = "PyTorchJob"
+    TrainJob = "TrainJob"
+
+
 BackendOpt = Annotated[Backend, typer.Option("--backend", "-b", help="Where the job runs: local processes or Kubernetes.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 NamespaceOpt = Annotated[str | None, typer.Option("--namespace", "-n", help="k8s: namespace (default: the kubeconfig context's).")]
 KubeconfigOpt = Annotated[str | None, typer.Option("--kubeconfig", help="k8s: kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster).")]
 ContextOpt = Annotated[str | None, typer.Option("--context", help="k8s: kubeconfig context.")]
+KindOpt = Annotated[Kind | None, typer.Option(
+    "--kind", "-k", help="Kubeflow API: PyTorchJob (training operator v1.9) or TrainJob (Trainer v2); "
+                         "default: the spec's `kind`, else PyTorchJob.")]
 
 
 def _launcher(backend: Backend, namespace: str | None = None, kubeconfig: str | None = None, context: str | None = None):
@@ -66,16 +75,17 @@ def _launcher(backend: Backend, namespace: str | None = None, kubeconfig: str | 
 TRAINER_ENTRY = ["qwen3_trainer.cli.main", "train"]   # the tail of JobSpec.entrypoint that runs `qtrain train`
 
 
-def load_checked(path: Path):
-    """The JobSpec at ``path`` and its folder, after the checks of ``qtrain train`` that need nothing
-    outside the documents (fields, degrees against nodes x processes, steps, data section) on the
-    training config it embeds or names. A config given as a URI is read, and checked, by the trainer."""
+def load_checked(path: Path, kind: Kind | None = None):
+    """The JobSpec at ``path`` (as ``kind``, when given) and its folder, after the checks of ``qtrain
+    train`` that need nothing outside the documents (fields, degrees against nodes x processes, steps,
+    data section) on the training config it embeds or names. A config given as a URI is read, and
+    checked, by the trainer."""
     from pydantic import ValidationError
 
     from qwen3_trainer.platform.jobs import load_spec, render
     from qwen3_trainer.platform.jobs.spec import URI, SpecError
 
-    spec, base = load_spec(path)
+    spec, base = load_spec(path, kind=kind.value if kind else None)
     with bad_input(FileNotFoundError, ValueError):   # render reads a `train` file: missing, not YAML/TOML
         render(spec, base)
     if list(spec.entrypoint[-2:]) != TRAINER_ENTRY or (isinstance(spec.train, str) and URI.match(spec.train)):
@@ -126,12 +136,15 @@ def _launcher_errors(fn):
 @handle_errors
 def render_cmd(
     spec: Annotated[Path, typer.Argument(help="JobSpec YAML file.")],
+    kind: KindOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Print the Kubernetes objects a JobSpec becomes (ConfigMap + kubeflow.org/v1 PyTorchJob)."""
+    """Print the Kubernetes objects a JobSpec becomes: ConfigMap + kubeflow.org/v1 PyTorchJob, or with
+    --kind TrainJob ConfigMap + trainer.kubeflow.org/v1alpha1 TrainJob (+ the TrainingRuntime it
+    references, unless the spec names one in `runtime`)."""
     from qwen3_trainer.platform.jobs import render
 
-    job_spec, base = load_checked(spec)
+    job_spec, base = load_checked(spec, kind)
     rendered = render(job_spec, base)
     if as_json:
         print_json(rendered.objects)
@@ -145,15 +158,16 @@ def render_cmd(
 def submit_cmd(
     spec: Annotated[Path, typer.Argument(help="JobSpec YAML file.")],
     backend: BackendOpt = Backend.local,
+    kind: KindOpt = None,
     wait: Annotated[bool, typer.Option("--wait", "-w", help="Wait until the job ends, with a live display.")] = False,
     timeout: Annotated[float | None, typer.Option(help="With --wait: give up after this many seconds.")] = None,
-    replace: Annotated[bool, typer.Option("--replace", help="Replace a finished job of the same name (its record and logs; on k8s the PyTorchJob).")] = False,
+    replace: Annotated[bool, typer.Option("--replace", help="Replace a finished job of the same name (its record and logs; on k8s the PyTorchJob or TrainJob).")] = False,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Submit a job. Exit code with --wait: 0 Succeeded, 1 Failed. A job name in use is refused (--replace)."""
-    job_spec, base = load_checked(spec)        # an invalid spec or config stops here, before any API call
+    job_spec, base = load_checked(spec, kind)  # an invalid spec or config stops here, before any API call
     launcher = _launcher(backend, job_spec.namespace, kubeconfig, context)
     handle = launcher.submit(job_spec, base_dir=base, replace=replace)
     if not wait:
@@ -195,8 +209,8 @@ def status_cmd(
 @_launcher_errors
 def logs_cmd(
     name: Annotated[str, typer.Argument(help="Job name.")],
-    replica: Annotated[str, typer.Option("--replica", "-r", help="master or worker.")] = "master",
-    index: Annotated[int, typer.Option("--index", "-i", help="Replica index (worker-<i>).")] = 0,
+    replica: Annotated[str, typer.Option("--replica", "-r", help="master, worker or (TrainJob) node.")] = "master",
+    index: Annotated[int, typer.Option("--index", "-i", help="Replica index (worker-<i>; node-<i>, where master is node 0 and worker i node i+1).")] = 0,
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Stream until the replica ends.")] = False,
     tail: Annotated[int | None, typer.Option(help="Only the last N lines.")] = None,
     backend: BackendOpt = Backend.local,
@@ -204,9 +218,9 @@ def logs_cmd(
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
 ) -> None:
-    """Print (or follow) the log of the master or of one worker."""
-    if replica.lower() not in ("master", "worker"):
-        raise UsageError(f"--replica must be master or worker, not {replica!r}")
+    """Print (or follow) the log of the master or of one worker (a TrainJob's: of one node)."""
+    if replica.lower() not in ("master", "worker", "node"):
+        raise UsageError(f"--replica must be master, worker or node, not {replica!r}")
     launcher = _launcher(backend, namespace, kubeconfig, context)
     for line in launcher.logs(name, replica=replica, index=index, follow=follow, tail=tail):
         sys.stdout.write(line + "\n")
@@ -223,7 +237,7 @@ def cancel_cmd(
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
 ) -> None:
-    """Stop a job: local processes are killed (none survive), a PyTorchJob is deleted."""
+    """Stop a job: local processes are killed (none survive), a PyTorchJob or TrainJob is deleted."""
     _launcher(backend, namespace, kubeconfig, context).cancel(name)
     console.print(f"cancelled {name}", highlight=False)
 

@@ -1,7 +1,8 @@
 """The cluster contract: what ``cluster.yaml`` (the chart's ``<fullname>-jobs`` ConfigMap, mounted at
-``$QTRAIN_CLUSTER_CONFIG``) tells a flow run about the cluster its PyTorchJobs go to.
+``$QTRAIN_CLUSTER_CONFIG``) tells a flow run about the cluster its jobs go to.
 
-It holds where jobs run and as whom (namespace, image, pull secrets, service account, pod security
+It holds which Kubeflow API the jobs use (``api``: PyTorchJob, or TrainJob on Kubeflow Trainer v2 with
+the runtime they reference), where jobs run and as whom (namespace, image, pull secrets, service account, pod security
 context), the S3 and MLflow endpoints, gang scheduling, the run policy, and the node pools: what a
 pool's nodes look like and how a pod on them gets CPU, memory and /dev/shm in proportion to the GPUs
 it takes. How many nodes a stage takes, its sequence length and its step count are the recipe's
@@ -199,19 +200,65 @@ class RunPolicyConfig(_Strict):
     activeDeadlineSeconds: int = Field(0, ge=0)   # wall-clock limit of a job; 0: none
 
 
+RuntimeName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", max_length=253)]
+
+
+class TrainJobValues(_Strict):
+    """The runtime stage TrainJobs reference when ``api`` is TrainJob."""
+
+    # install: a namespaced TrainingRuntime the chart creates from these jobs values (gang scheduling,
+    # priority, restarts, image); cluster: the existing ClusterTrainingRuntime `clusterRuntimeName`
+    runtime: Literal["install", "cluster"] = "install"
+    clusterRuntimeName: RuntimeName = "torch-distributed"   # Kubeflow Trainer's own torch runtime
+
+
 def _default_pools() -> dict[str, NodePoolConfig]:
     gpu = NodePoolConfig(gpusPerNode=8, nodeSelector={"nvidia.com/gpu.present": "true"},
                          tolerations=[Toleration(key="nvidia.com/gpu", operator="Exists", effect="NoSchedule")])
     return {"gpu": gpu, "cpu": NodePoolConfig(gpusPerNode=0)}
 
 
+# What only a runtime the chart installs can carry: with an existing ClusterTrainingRuntime these
+# are that runtime's, so a value of its own is refused (the schema says it too: helm template fails)
+_CLUSTER_RUNTIME_RULE = {
+    "if": {"required": ["api", "trainJob"], "properties": {
+        "api": {"const": "TrainJob"},
+        "trainJob": {"required": ["runtime"], "properties": {"runtime": {"const": "cluster"}}}}},
+    "then": {"properties": {
+        "scheduling": {"properties": {"gangScheduler": {"not": {"const": "volcano"}},
+                                      "priorityClassName": {"maxLength": 0}}},
+        "runPolicy": {"properties": {"backoffLimit": {"const": 3}}}}},
+}
+
+
 class JobsValues(_Strict):
     """The chart's ``jobs`` values block; cluster.yaml carries it as is."""
 
+    model_config = ConfigDict(json_schema_extra=_CLUSTER_RUNTIME_RULE)
+
+    # the Kubeflow API of stage jobs: PyTorchJob (training operator v1.9) or TrainJob (Trainer v2)
+    api: Literal["PyTorchJob", "TrainJob"] = "PyTorchJob"
+    trainJob: TrainJobValues = TrainJobValues()
     # pools a stage's scale names (`node_pool`; default `gpu` for GPU stages, `cpu` for CPU ones)
     nodePools: dict[PoolName, NodePoolConfig] = Field(default_factory=_default_pools, min_length=1)
     scheduling: SchedulingConfig = SchedulingConfig()
     runPolicy: RunPolicyConfig = RunPolicyConfig()
+
+    @model_validator(mode="after")
+    def _runtime_owns(self) -> JobsValues:
+        if self.api != "TrainJob" or self.trainJob.runtime != "cluster":
+            return self
+        where = f"with api TrainJob on the ClusterTrainingRuntime {self.trainJob.clusterRuntimeName} (trainJob.runtime cluster)"
+        if self.scheduling.gangScheduler == "volcano":
+            raise ValueError(f"scheduling.gangScheduler: volcano needs the runtime's podGroupPolicy, {where} that "
+                             "runtime decides it; set trainJob.runtime install")
+        if self.scheduling.priorityClassName:
+            raise ValueError(f"scheduling.priorityClassName: {where} the runtime's pod template decides it; set "
+                             "trainJob.runtime install")
+        if self.runPolicy.backoffLimit != RunPolicyConfig.model_fields["backoffLimit"].default:
+            raise ValueError(f"runPolicy.backoffLimit: {where} the runtime's failure policy decides it; set "
+                             "trainJob.runtime install")
+        return self
 
     @model_validator(mode="after")
     def _pools_fit(self) -> JobsValues:
@@ -265,6 +312,8 @@ class ClusterConfig(JobsValues):
     imagePullSecrets: list[SecretRef] = []
     serviceAccountName: OptionalStr = None           # the chart's workload account (S3 only, no Role)
     podSecurityContext: PodSecurityContext | None = None
+    # the TrainingRuntime the chart installed (trainJob.runtime install), named by the release
+    trainingRuntimeName: OptionalStr = None
     s3: S3Config = S3Config()
     mlflow: MlflowConfig = MlflowConfig()
     _source: str = PrivateAttr("cluster defaults")  # the file it was read from, for error messages
@@ -275,6 +324,18 @@ class ClusterConfig(JobsValues):
             raise ValueError(f"{self._source}: nodePools.{name}: no such node pool "
                              f"({', '.join(sorted(self.nodePools))})")
         return self.nodePools[name]
+
+    def trainjob_runtime(self) -> dict[str, str] | None:
+        """The ``runtime`` of a stage's JobSpec: None for PyTorchJobs; ValueError (one line) when the
+        runtime to install has no name (a cluster.yaml not written by the chart)."""
+        if self.api != "TrainJob":
+            return None
+        if self.trainJob.runtime == "cluster":
+            return {"name": self.trainJob.clusterRuntimeName, "kind": "ClusterTrainingRuntime"}
+        if not self.trainingRuntimeName:
+            raise ValueError(f"{self._source}: trainingRuntimeName: required with api TrainJob and "
+                             "trainJob.runtime install (the chart writes the installed runtime's name)")
+        return {"name": self.trainingRuntimeName, "kind": "TrainingRuntime"}
 
 
 def _describe(exc: ValidationError) -> str:

@@ -6,6 +6,11 @@ pods get their CPU, memory and /dev/shm in proportion to their GPUs, plus identi
 credentials and gang scheduling. Nothing here is a stage knob: the chart cannot change a stage's
 scale behind the config hash's back.
 
+With ``api: TrainJob`` the JobSpecs are TrainJobs referencing the cluster's runtime; what a runtime
+owns (gang scheduling through a PodGroup, priority, restarts, pull policy) is then the runtime's —
+the chart renders the TrainingRuntime it installs from the same cluster values (``cluster_runtime`` is
+that object, the chart's reference) — and only Kueue's queue label travels on each TrainJob.
+
 Job names: ``qwen3-<stage>-<hash12>`` for training (a retried stage resubmits the same name and its
 trainer resumes), ``...-prep`` for data preparation and ``...-eval`` for the thinking-budget curve.
 """
@@ -75,6 +80,10 @@ def job_spec(p: StagePlan, preset: Preset, config: dict[str, Any], *, kind: JobK
             env.append({"name": "AWS_DEFAULT_REGION", "value": region})
     sched = cluster.scheduling
     run_policy = cluster.runPolicy
+    try:
+        runtime = cluster.trainjob_runtime()
+    except ValueError as exc:
+        raise ValueError(f"stage {p.stage}: {exc}") from None
     spec: dict[str, Any] = {
         "name": job_name(p.stage, p.config_hash, kind),
         "namespace": namespace or cluster.namespace or "default",
@@ -95,9 +104,16 @@ def job_spec(p: StagePlan, preset: Preset, config: dict[str, Any], *, kind: JobK
         "scheduling": sched.job_scheduling(),
         "node_pool": pool.job_node_pool(),
     }
+    if runtime is not None:   # the runtime holds the policies (module docstring)
+        kueue = sched.gangScheduler == "kueue"
+        spec |= {"kind": "TrainJob", "runtime": runtime,
+                 "scheduling": {"gang": "kueue", "queue": sched.queueName} if kueue else {},
+                 "run_policy": {"active_deadline_seconds": run_policy.activeDeadlineSeconds or None}}
+        del spec["restart_policy"]
+    else:
+        spec["image_pull_policy"] = cluster.imagePullPolicy
     if cluster.serviceAccountName:
         spec["service_account"] = cluster.serviceAccountName
-    spec["image_pull_policy"] = cluster.imagePullPolicy
     spec["image_pull_secrets"] = [s.name for s in cluster.imagePullSecrets]
     if cluster.podSecurityContext is not None:
         spec["pod_security_context"] = cluster.podSecurityContext.model_dump(exclude_none=True, exclude_defaults=True)
@@ -105,3 +121,20 @@ def job_spec(p: StagePlan, preset: Preset, config: dict[str, Any], *, kind: JobK
         return parse_spec(spec, f"stage {p.stage} {kind} job")
     except ValueError as exc:
         raise ValueError(str(exc).splitlines()[0]) from None
+
+
+def cluster_runtime(cluster, name: str) -> dict[str, Any]:
+    """The TrainingRuntime the chart installs for ``cluster`` (api TrainJob, trainJob.runtime install), as
+    platform.jobs renders it: templates/jobs/trainingruntime.yaml must render this spec (tests/deploy)."""
+    from qwen3_trainer.platform.jobs import parse_spec
+    from qwen3_trainer.platform.jobs.trainjob import render_runtime
+
+    sched = cluster.scheduling
+    spec = parse_spec({
+        "name": name, "namespace": cluster.namespace or "default", "image": cluster.image or "unset/unset:0",
+        "train": {}, "image_pull_policy": cluster.imagePullPolicy, "restart_policy": "ExitCode",
+        "scheduling": {"gang": sched.gangScheduler if sched.gangScheduler == "volcano" else "none",
+                       "queue": sched.queueName, "priority_class": sched.priorityClassName},
+        "run_policy": {"backoff_limit": cluster.runPolicy.backoffLimit},
+    }, "cluster runtime")
+    return render_runtime(spec, name, {}).to_dict()

@@ -1,10 +1,16 @@
 """The Kubernetes launcher: the one module of qwen3-trainer that talks to a Kubernetes API server.
 
-It submits the rendered ConfigMap + PyTorchJob (render.py), reads the job's conditions and its pods'
-phases (pods found by the operator's ``training.kubeflow.org/*`` labels), watches the job until it
-ends, reads or follows a replica's log, cancels (deletes, cascading to pods, Services and the
-ConfigMap, which is owned by the job) and lists jobs by label. Same method names and JobStatus shape
-as the local launcher.
+It submits the rendered ConfigMap + PyTorchJob (render.py) or ConfigMap + TrainingRuntime + TrainJob
+(trainjob.py), reads the job's conditions and its pods' phases (k8s_status.py maps both APIs onto
+our statuses), watches the job until it ends, reads or follows a replica's log, cancels (deletes,
+cascading to pods, Services, the JobSet and what the job owns: its ConfigMap and own runtime) and
+lists jobs of both kinds by label. Same method names and JobStatus shape as the local launcher.
+
+A job is found by name: the kind it was submitted as, else a PyTorchJob, else a TrainJob. A TrainJob
+naming a runtime is submitted only once that runtime is known to exist (a TrainingRuntime in the
+namespace, or a ClusterTrainingRuntime where the account may read it; where it may not, Trainer's
+admission webhook refuses the TrainJob and nothing is left behind either). ``list`` lists the kinds
+the account may list and the cluster serves, failing only when neither answers.
 
 Authentication: an explicit kubeconfig, else ``$KUBECONFIG`` / ``~/.kube/config``, else the
 in-cluster service account. The namespace defaults to the spec's (submit) or the kubeconfig
@@ -28,21 +34,14 @@ from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 from kubernetes.client.rest import ApiException
 
+from qwen3_trainer.platform.jobs.k8s_status import APIS, PYTORCHJOB, TRAINJOB, JobApi, add_cause, job_status
+from qwen3_trainer.platform.jobs.k8s_status import terminated_state as _terminated
 from qwen3_trainer.platform.jobs.local_state import last_error_line
-from qwen3_trainer.platform.jobs.render import API_VERSION, CONTAINER, KIND, RenderedJob, render
+from qwen3_trainer.platform.jobs.render import render
 from qwen3_trainer.platform.jobs.spec import JobSpec
-from qwen3_trainer.platform.jobs.status import (
-    Condition,
-    JobHandle,
-    JobStatus,
-    LauncherError,
-    ReplicaStatus,
-)
+from qwen3_trainer.platform.jobs.status import JobHandle, JobStatus, LauncherError
 
-GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
-JOB_NAME_LABEL = "training.kubeflow.org/job-name"
-REPLICA_TYPE_LABEL = "training.kubeflow.org/replica-type"
-REPLICA_INDEX_LABEL = "training.kubeflow.org/replica-index"
+RUNTIME_PLURALS = {"TrainingRuntime": "trainingruntimes", "ClusterTrainingRuntime": "clustertrainingruntimes"}
 IN_CLUSTER_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 WATCH_S = 5          # a watch is renewed this often, so pod phases refresh even when the job is idle
 REPLACE_WAIT_S = 60  # submit --replace: how long the deletion of the finished job may take
@@ -58,78 +57,151 @@ class K8sLauncher:
         self.namespace = namespace or default_ns
         self.custom = k8s.CustomObjectsApi(self.api)
         self.core = k8s.CoreV1Api(self.api)
+        self._kinds: dict[tuple[str, str], JobApi] = {}     # (namespace, name) -> the API it was found in
 
     # -- submit ---------------------------------------------------------------------------------
     def submit(self, spec: JobSpec, base_dir: str | Path | None = None, replace: bool = False) -> JobHandle:
-        """Create the ConfigMap, then the PyTorchJob, then make the job the ConfigMap's owner. A job of
-        the same name is refused (409), unless it has finished and ``replace`` is set: it is then
-        deleted first (with its pods and ConfigMap)."""
+        """Create the ConfigMap (and a TrainJob's own TrainingRuntime), then the job, then make the job
+        their owner. A job of the same name is refused (409), unless it has finished and ``replace`` is
+        set: it is then deleted first (with its pods and what it owns). A TrainJob whose named runtime
+        does not exist is refused (404) before anything is created."""
         rendered = render(spec, base_dir)
-        ns = spec.namespace
-        name = spec.name
-        if replace and self._exists(name, ns):
-            self._delete_finished(name, ns)
+        api = APIS[rendered.kind]
+        ns, name = spec.namespace, spec.name
+        self._kinds[(ns, name)] = api
+        if spec.runtime is not None:
+            self._check_runtime(spec)
+        if replace and self._exists(api, name, ns):
+            self._delete_finished(api, name, ns)
+        owned = []        # (what, delete function, name): created before the job, owned by it after
         if rendered.configmap:
-            self._create_configmap(rendered, ns, name)
+            self._create_owned(api, ns, name, f"ConfigMap {ns}/{name}-config", self.core.create_namespaced_config_map,
+                               self.core.delete_namespaced_config_map, (ns, rendered.configmap), f"{name}-config")
+            owned.append(("ConfigMap", f"{name}-config"))
+        if rendered.runtime:
+            plural = RUNTIME_PLURALS["TrainingRuntime"]
+            self._create_owned(api, ns, name, f"TrainingRuntime {ns}/{name}",
+                               self._custom_create(TRAINJOB.group, TRAINJOB.version, plural),
+                               self._custom_delete(TRAINJOB.group, TRAINJOB.version, plural),
+                               (ns, rendered.runtime), name)
+            owned.append(("TrainingRuntime", name))
         try:
-            created = self._call("create", f"PyTorchJob {ns}/{name}", ns, self.custom.create_namespaced_custom_object,
-                                 GROUP, VERSION, ns, PLURAL, rendered.job)
-        except LauncherError:
-            if rendered.configmap:
-                self._ignore_missing(self.core.delete_namespaced_config_map, f"{name}-config", ns)
+            created = self._call("create", f"{api.kind} {ns}/{name}", ns, self.custom.create_namespaced_custom_object,
+                                 api.group, api.version, ns, api.plural, rendered.job)
+        except LauncherError as exc:
+            for kind, obj in owned:
+                self._ignore_missing(self._deleter(kind), obj, ns)
+            if spec.runtime is not None and exc.status == 422 and "runtimeRef" in str(exc):
+                raise _runtime_missing(spec) from exc     # the webhook's words for what _check_runtime says
             raise
-        if rendered.configmap:
-            owner = {"apiVersion": API_VERSION, "kind": KIND, "name": name, "uid": created["metadata"]["uid"],
-                     "controller": False, "blockOwnerDeletion": False}
-            self._call("patch", f"ConfigMap {ns}/{name}-config", ns, self.core.patch_namespaced_config_map,
-                       f"{name}-config", ns, {"metadata": {"ownerReferences": [owner]}})
+        owner = {"apiVersion": api.api_version, "kind": api.kind, "name": name, "uid": created["metadata"]["uid"],
+                 "controller": False, "blockOwnerDeletion": False}
+        patch = {"metadata": {"ownerReferences": [owner]}}
+        for kind, obj in owned:
+            if kind == "ConfigMap":
+                self._call("patch", f"ConfigMap {ns}/{obj}", ns, self.core.patch_namespaced_config_map, obj, ns, patch)
+            else:
+                self._call("patch", f"TrainingRuntime {ns}/{obj}", ns, self.custom.patch_namespaced_custom_object,
+                           TRAINJOB.group, TRAINJOB.version, ns, RUNTIME_PLURALS[kind], obj, patch)
         return JobHandle(self.backend, name, ns, spec.run)
 
-    def _delete_finished(self, name: str, ns: str) -> None:
+    def _check_runtime(self, spec: JobSpec) -> None:
+        """Refuse a TrainJob whose runtime does not exist. A ClusterTrainingRuntime the account may not
+        read (a namespaced Role cannot grant it) is left to Trainer's webhook."""
+        ref, ns = spec.runtime, spec.namespace
+        what = _runtime_name(spec)
+        args = (TRAINJOB.group, TRAINJOB.version, RUNTIME_PLURALS[ref.kind], ref.name)
+        try:
+            if ref.kind == "ClusterTrainingRuntime":
+                self.custom.get_cluster_custom_object(*args)
+            else:
+                self.custom.get_namespaced_custom_object(args[0], args[1], ns, *args[2:])
+        except ApiException as exc:
+            if exc.status == 404:
+                raise _runtime_missing(spec) from exc
+            if exc.status == 403 and ref.kind == "ClusterTrainingRuntime":
+                return
+            raise _api_error(exc, "get", what, ns) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            raise self._unreachable(exc) from exc
+
+    def _delete_finished(self, api: JobApi, name: str, ns: str) -> None:
         current = self.status(name, ns)
         if not current.finished:
-            raise LauncherError(f"PyTorchJob {ns}/{name} already exists ({current.state})", status=409,
+            raise LauncherError(f"{api.kind} {ns}/{name} already exists ({current.state})", status=409,
                                 hint=f"qtrain job cancel {name} --backend k8s, or choose another name")
         self.cancel(name, ns)
         end = time.monotonic() + REPLACE_WAIT_S
-        while self._exists(name, ns):
+        while self._exists(api, name, ns):
             if time.monotonic() > end:
-                raise LauncherError(f"PyTorchJob {ns}/{name} is still being deleted after {REPLACE_WAIT_S:.0f}s",
+                raise LauncherError(f"{api.kind} {ns}/{name} is still being deleted after {REPLACE_WAIT_S:.0f}s",
                                     hint="submit again once `qtrain job status` says it is gone", status=409)
             time.sleep(0.5)
 
-    def _create_configmap(self, rendered: RenderedJob, ns: str, name: str) -> None:
-        what = f"ConfigMap {ns}/{name}-config"
+    def _create_owned(self, api: JobApi, ns: str, name: str, what: str, create, delete, args: tuple, obj: str) -> None:
+        """Create an object the job will own; one left behind by a job that no longer exists is stale
+        and replaced, one of a job that exists (of either kind: they share the name) is a name conflict."""
         try:
-            self._call("create", what, ns, self.core.create_namespaced_config_map, ns, rendered.configmap)
+            self._call("create", what, ns, create, *args)
         except LauncherError as exc:
             if exc.status != 409:
                 raise
-            # left behind by a job that no longer exists? then it is stale: replace it
-            if self._exists(name, ns):
-                raise LauncherError(f"PyTorchJob {ns}/{name} already exists", status=409,
-                                    hint=f"qtrain job cancel {name} --backend k8s, or choose another name") from exc
-            self._call("delete", what, ns, self.core.delete_namespaced_config_map, f"{name}-config", ns)
-            self._call("create", what, ns, self.core.create_namespaced_config_map, ns, rendered.configmap)
+            for other in (api, *(a for a in APIS.values() if a is not api)):
+                if self._exists(other, name, ns, strict=other is api):
+                    raise LauncherError(f"{other.kind} {ns}/{name} already exists", status=409,
+                                        hint=f"qtrain job cancel {name} --backend k8s, or choose another name") from exc
+            self._call("delete", what, ns, delete, obj, ns)
+            self._call("create", what, ns, create, *args)
+
+    def _custom_create(self, group: str, version: str, plural: str):
+        return lambda ns, body: self.custom.create_namespaced_custom_object(group, version, ns, plural, body)
+
+    def _custom_delete(self, group: str, version: str, plural: str):
+        return lambda obj, ns: self.custom.delete_namespaced_custom_object(group, version, ns, plural, obj)
+
+    def _deleter(self, kind: str):
+        if kind == "ConfigMap":
+            return self.core.delete_namespaced_config_map
+        return self._custom_delete(TRAINJOB.group, TRAINJOB.version, RUNTIME_PLURALS[kind])
 
     # -- read -----------------------------------------------------------------------------------
     def status(self, name: str, namespace: str | None = None) -> JobStatus:
         ns = namespace or self.namespace
-        job = self._call("get", f"PyTorchJob {ns}/{name}", ns, self.custom.get_namespaced_custom_object,
-                         GROUP, VERSION, ns, PLURAL, name)
+        api, job = self._get_job(name, ns)
         pods = self._call("list", f"pods of {ns}/{name}", ns, self.core.list_namespaced_pod, ns,
-                          label_selector=f"{JOB_NAME_LABEL}={name}")
-        status = _job_status(job, pods.items)
+                          label_selector=f"{api.job_label}={name}")
+        status = job_status(api, job, pods.items)
         if status.state == "Failed":
-            _add_cause(status, self._failure_line(ns, pods.items))
+            add_cause(status, self._failure_line(api, ns, pods.items))
         return status
 
-    def _failure_line(self, ns: str, pods: list) -> str | None:
+    def _get_job(self, name: str, ns: str) -> tuple[JobApi, dict]:
+        """The job named ``name``: of the kind it is known as, else a PyTorchJob, else a TrainJob. Not
+        found: the first kind's 404."""
+        known = self._kinds.get((ns, name))
+        missing = None
+        for api in [known] if known else [PYTORCHJOB, TRAINJOB]:
+            try:
+                job = self.custom.get_namespaced_custom_object(api.group, api.version, ns, api.plural, name)
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise _api_error(exc, "get", f"{api.kind} {ns}/{name}", ns) from exc
+                missing = missing or _api_error(exc, "get", f"{api.kind} {ns}/{name}", ns)
+                continue
+            except urllib3.exceptions.HTTPError as exc:
+                raise self._unreachable(exc) from exc
+            self._kinds[(ns, name)] = api
+            return api, job
+        raise missing
+
+    def _api_of(self, name: str, ns: str) -> JobApi:
+        return self._kinds.get((ns, name)) or self._get_job(name, ns)[0]
+
+    def _failure_line(self, api: JobApi, ns: str, pods: list) -> str | None:
         """Why the first failed pod failed: the last error line of its container's termination message
         (terminationMessagePolicy FallbackToLogsOnError puts the log's tail there), else of its log."""
         for pod in sorted(pods, key=lambda p: p.metadata.name):
-            cs = next((c for c in (pod.status.container_statuses or []) if c.name == CONTAINER), None)
-            terminated = cs and (cs.state and cs.state.terminated or cs.last_state and cs.last_state.terminated)
+            _, terminated = _terminated(pod, api.container)
             if pod.status.phase != "Failed" and not (terminated and terminated.exit_code):
                 continue
             if terminated and terminated.message:
@@ -137,7 +209,7 @@ class K8sLauncher:
                 if line:
                     return f"{pod.metadata.name}: {line}"
             try:
-                text = self.core.read_namespaced_pod_log(pod.metadata.name, ns, container=CONTAINER,
+                text = self.core.read_namespaced_pod_log(pod.metadata.name, ns, container=api.container,
                                                          tail_lines=LOG_TAIL)
             except (ApiException, urllib3.exceptions.HTTPError):
                 continue             # no log to read (pod gone, no permission): the condition stays as is
@@ -160,27 +232,28 @@ class K8sLauncher:
             last = current
             if current.finished:
                 return current
+            api = self._api_of(name, ns)
             if end is not None and time.monotonic() > end:
-                raise LauncherError(f"PyTorchJob {ns}/{name} still {current.state} after {timeout:.0f}s",
+                raise LauncherError(f"{api.kind} {ns}/{name} still {current.state} after {timeout:.0f}s",
                                     hint=f"qtrain job status {name} --backend k8s")
             window = WATCH_S if end is None else max(1, min(WATCH_S, int(end - time.monotonic()) + 1))
-            version = self._next_event(name, ns, version, window)
+            version = self._next_event(api, name, ns, version, window)
 
-    def _next_event(self, name: str, ns: str, version: str | None, window: int) -> str | None:
+    def _next_event(self, api: JobApi, name: str, ns: str, version: str | None, window: int) -> str | None:
         """Block until the job changes after ``version`` (or ``window`` s pass); the new version."""
         stream = k8s_watch.Watch().stream(
-            self.custom.list_namespaced_custom_object, GROUP, VERSION, ns, PLURAL,
+            self.custom.list_namespaced_custom_object, api.group, api.version, ns, api.plural,
             field_selector=f"metadata.name={name}", resource_version=version, timeout_seconds=window)
         try:
             for event in stream:
                 if event["type"] == "DELETED":
-                    raise LauncherError(f"PyTorchJob {ns}/{name} was deleted while waiting", status=404)
+                    raise LauncherError(f"{api.kind} {ns}/{name} was deleted while waiting", status=404)
                 if event["type"] == "ERROR":          # e.g. 410 Gone: start again from a fresh list
                     return None
                 return event["object"]["metadata"].get("resourceVersion", version)
             return version
         except ApiException as exc:
-            raise _api_error(exc, "watch", f"PyTorchJob {ns}/{name}", ns) from exc
+            raise _api_error(exc, "watch", f"{api.kind} {ns}/{name}", ns) from exc
         except urllib3.exceptions.HTTPError as exc:
             raise self._unreachable(exc) from exc
         finally:
@@ -188,19 +261,22 @@ class K8sLauncher:
 
     def logs(self, name: str, replica: str = "master", index: int = 0, follow: bool = False,
              namespace: str | None = None, tail: int | None = None) -> Iterator[str]:
-        """Lines of one replica's ``pytorch`` container log (``master`` of an elastic job is worker-0);
-        ``follow`` streams until the pod ends; ``tail`` keeps only the last lines."""
-        ns = namespace or self.namespace
-        selector = f"{JOB_NAME_LABEL}={name},{REPLICA_TYPE_LABEL}={replica.lower()},{REPLICA_INDEX_LABEL}={index}"
-        pods = self._call("list", f"pods of {ns}/{name}", ns, self.core.list_namespaced_pod, ns, label_selector=selector)
-        if not pods.items and replica.lower() == "master" and index == 0:   # elastic: no Master, worker-0
-            selector = f"{JOB_NAME_LABEL}={name},{REPLICA_TYPE_LABEL}=worker,{REPLICA_INDEX_LABEL}=0"
-            pods = self._call("list", f"pods of {ns}/{name}", ns, self.core.list_namespaced_pod, ns, label_selector=selector)
+        """Lines of one replica's trainer container log (``master`` of an elastic job is worker-0; a
+        TrainJob's ``node`` i, master = node 0, worker i = node i+1); ``follow`` streams until the pod
+        ends; ``tail`` keeps only the last lines."""
+        ns, replica = namespace or self.namespace, replica.lower()
+        api = self._api_of(name, ns)
+        pods = self._call("list", f"pods of {ns}/{name}", ns, self.core.list_namespaced_pod, ns,
+                          label_selector=api.replica_selector(name, replica, index))
+        if not pods.items and api is PYTORCHJOB and replica == "master" and index == 0:   # elastic: worker-0
+            pods = self._call("list", f"pods of {ns}/{name}", ns, self.core.list_namespaced_pod, ns,
+                              label_selector=api.replica_selector(name, "worker", 0))
         if not pods.items:
-            raise LauncherError(f"PyTorchJob {ns}/{name} has no {replica.lower()}-{index} pod (yet)", status=404,
+            raise LauncherError(f"{api.kind} {ns}/{name} has no {replica}-{index} pod (yet)", status=404,
                                 hint=f"qtrain job status {name} --backend k8s")
-        pod = pods.items[0].metadata.name
-        kwargs = {"container": CONTAINER, "follow": follow, "_preload_content": False}
+        # a restarted JobSet recreates its pods under new names: read the newest
+        pod = max(pods.items, key=lambda p: str(p.metadata.creation_timestamp or "")).metadata.name
+        kwargs = {"container": api.container, "follow": follow, "_preload_content": False}
         if tail is not None:
             kwargs["tail_lines"] = tail
         resp = self._call("read log of", f"pod {ns}/{pod}", ns, self.core.read_namespaced_pod_log, pod, ns, **kwargs)
@@ -217,23 +293,43 @@ class K8sLauncher:
             resp.release_conn()
 
     def list(self, selector: dict[str, str] | None = None, namespace: str | None = None) -> list[JobStatus]:
-        """PyTorchJobs in the namespace whose labels match ``selector``."""
+        """PyTorchJobs, then TrainJobs, in the namespace whose labels match ``selector``. A kind the
+        cluster does not serve (404) or the account may not list (403) is skipped, unless both are."""
         ns = namespace or self.namespace
         label_selector = ",".join(f"{k}={v}" for k, v in (selector or {}).items()) or None
-        jobs = self._call("list", f"PyTorchJobs in {ns}", ns, self.custom.list_namespaced_custom_object,
-                          GROUP, VERSION, ns, PLURAL, label_selector=label_selector)
-        pods = self._call("list", f"pods in {ns}", ns, self.core.list_namespaced_pod, ns, label_selector=JOB_NAME_LABEL)
-        by_job: dict[str, list] = {}
-        for pod in pods.items:
-            by_job.setdefault(pod.metadata.labels[JOB_NAME_LABEL], []).append(pod)
-        return [_job_status(job, by_job.get(job["metadata"]["name"], [])) for job in jobs["items"]]
+        out, skipped = [], []
+        for api in (PYTORCHJOB, TRAINJOB):
+            try:
+                jobs = self._call("list", f"{api.kind}s in {ns}", ns, self.custom.list_namespaced_custom_object,
+                                  api.group, api.version, ns, api.plural, label_selector=label_selector)
+            except LauncherError as exc:
+                if exc.status not in (403, 404):
+                    raise
+                skipped.append(exc)
+                continue
+            if not jobs["items"]:
+                continue
+            pods = self._call("list", f"pods in {ns}", ns, self.core.list_namespaced_pod, ns,
+                              label_selector=api.job_label)
+            by_job: dict[str, list] = {}
+            for pod in pods.items:
+                by_job.setdefault(pod.metadata.labels[api.job_label], []).append(pod)
+            for job in jobs["items"]:
+                self._kinds[(ns, job["metadata"]["name"])] = api
+                out.append(job_status(api, job, by_job.get(job["metadata"]["name"], [])))
+        if len(skipped) == 2:
+            raise skipped[0]
+        return out
 
     # -- cancel ---------------------------------------------------------------------------------
     def cancel(self, name: str, namespace: str | None = None) -> None:
-        """Delete the PyTorchJob; its pods, Services and ConfigMap go with it (foreground deletion)."""
+        """Delete the job; its pods, Services, JobSet and what it owns (ConfigMap, own TrainingRuntime)
+        go with it (foreground deletion)."""
         ns = namespace or self.namespace
-        self._call("delete", f"PyTorchJob {ns}/{name}", ns, self.custom.delete_namespaced_custom_object,
-                   GROUP, VERSION, ns, PLURAL, name, body=k8s.V1DeleteOptions(propagation_policy="Foreground"))
+        api = self._api_of(name, ns)
+        self._call("delete", f"{api.kind} {ns}/{name}", ns, self.custom.delete_namespaced_custom_object,
+                   api.group, api.version, ns, api.plural, name,
+                   body=k8s.V1DeleteOptions(propagation_policy="Foreground"))
 
     # -- helpers --------------------------------------------------------------------------------
     def _call(self, action: str, what: str, ns: str, fn, *args, **kwargs):
@@ -250,14 +346,15 @@ class K8sLauncher:
         return LauncherError(f"cannot reach the Kubernetes API at {self.api.configuration.host}: {reason}",
                              hint="check KUBECONFIG and the current context (kubectl cluster-info)")
 
-    def _exists(self, name: str, ns: str) -> bool:
+    def _exists(self, api: JobApi, name: str, ns: str, strict: bool = True) -> bool:
+        """Whether the job exists; not ``strict``: a kind the account may not read (403) counts as absent."""
         try:
-            self.custom.get_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name)
+            self.custom.get_namespaced_custom_object(api.group, api.version, ns, api.plural, name)
             return True
         except ApiException as exc:
-            if exc.status == 404:
+            if exc.status == 404 or (exc.status == 403 and not strict):
                 return False
-            raise _api_error(exc, "get", f"PyTorchJob {ns}/{name}", ns) from exc
+            raise _api_error(exc, "get", f"{api.kind} {ns}/{name}", ns) from exc
 
     def _ignore_missing(self, fn, *args) -> None:
         try:
@@ -291,10 +388,24 @@ def _connect(kubeconfig: str | None, context: str | None) -> tuple[k8s.ApiClient
     return k8s.ApiClient(configuration), namespace
 
 
+def _runtime_name(spec: JobSpec) -> str:
+    ref = spec.runtime
+    return f"{ref.kind} {ref.name}" if ref.kind == "ClusterTrainingRuntime" else f"TrainingRuntime {spec.namespace}/{ref.name}"
+
+
+def _runtime_missing(spec: JobSpec) -> LauncherError:
+    ref, ns = spec.runtime, spec.namespace
+    listing = f"kubectl get {RUNTIME_PLURALS[ref.kind]}" + ("" if ref.kind == "ClusterTrainingRuntime" else f" -n {ns}")
+    return LauncherError(f"TrainJob {ns}/{spec.name}: its runtime {_runtime_name(spec)} does not exist on the cluster",
+                         status=404, hint=f"{listing} lists those there are; or drop `runtime` to render a "
+                                          "TrainingRuntime for this job")
+
+
 _HINTS = {
     401: "the credentials were rejected: refresh them (kubectl auth whoami) or check KUBECONFIG / the context",
-    403: "RBAC: the account needs create/get/list/watch/delete on pytorchjobs.kubeflow.org and configmaps, "
-         "get/list on pods and pods/log in namespace {ns} (kubectl auth can-i create pytorchjobs.kubeflow.org -n {ns})",
+    403: "RBAC: the account needs create/get/list/watch/delete on pytorchjobs.kubeflow.org (or trainjobs."
+         "trainer.kubeflow.org) and configmaps, get/list on pods and pods/log in namespace {ns} "
+         "(kubectl auth can-i create pytorchjobs.kubeflow.org -n {ns})",
     409: "an object with this name exists: qtrain job cancel NAME --backend k8s, or choose another name",
     422: "the API server rejected the manifest: inspect it with qtrain job render SPEC",
 }
@@ -305,44 +416,15 @@ def _api_error(exc: ApiException, action: str, what: str, ns: str) -> LauncherEr
         message = json.loads(exc.body).get("message") or exc.reason
     except (TypeError, ValueError):
         message = exc.reason or str(exc.body)
-    hint = _HINTS.get(exc.status)
-    if exc.status == 404:
-        hint = ("is the Kubeflow training operator installed? (kubectl get crd pytorchjobs.kubeflow.org)"
-                if action in ("create", "list") and "PyTorchJob" in what
+    status, hint = exc.status, _HINTS.get(exc.status)
+    api = next((a for a in APIS.values() if what.startswith(f"{a.kind} ") or what.startswith(f"{a.kind}s ")), None)
+    if status == 404:
+        hint = (api.crd_hint if api and action in ("create", "list")
                 else "qtrain job list --backend k8s shows the jobs of the namespace")
-    if exc.status == 403:
+    if status == 403 and "denied the request" in message:
+        # an admission webhook (Trainer's validates every TrainJob) refused the object: bad input, not RBAC
+        status, hint = 422, ("its runtime must exist first: kubectl get trainingruntimes,clustertrainingruntimes"
+                             if "runtimeRef" in message or "unsupported runtime" in message else _HINTS[422])
+    elif status == 403:
         hint = hint.format(ns=ns)
-    return LauncherError(f"cannot {action} {what}: {exc.status} {exc.reason}: {message}",
-                         hint=hint, status=exc.status)
-
-
-def _add_cause(status: JobStatus, line: str | None) -> None:
-    """Append the failing replica's error line to the Failed condition's message."""
-    if not line:
-        return
-    for i in range(len(status.conditions) - 1, -1, -1):
-        c = status.conditions[i]
-        if c.type == "Failed" and c.status == "True":
-            message = c.message.rstrip(".")
-            status.conditions[i] = c.model_copy(update={"message": f"{message}: {line}" if message else line})
-            return
-
-
-def _job_status(job: dict, pods: list) -> JobStatus:
-    meta, status = job["metadata"], job.get("status") or {}
-    conditions = [Condition(type=c["type"], status=c.get("status", "True"), reason=c.get("reason", ""),
-                            message=c.get("message", ""), last_transition_time=c.get("lastTransitionTime", ""))
-                  for c in status.get("conditions") or []]
-    replicas = []
-    for pod in sorted(pods, key=lambda p: p.metadata.name):
-        labels = pod.metadata.labels or {}
-        cs = next((c for c in (pod.status.container_statuses or []) if c.name == CONTAINER), None)
-        terminated = cs and (cs.state and cs.state.terminated or cs.last_state and cs.last_state.terminated)
-        replicas.append(ReplicaStatus(
-            name=pod.metadata.name, replica_type=labels.get(REPLICA_TYPE_LABEL, "").capitalize(),
-            index=int(labels.get(REPLICA_INDEX_LABEL, 0)), phase=pod.status.phase or "Unknown",
-            restarts=cs.restart_count if cs else 0, exit_code=terminated.exit_code if terminated else None))
-    return JobStatus(name=meta["name"], namespace=meta.get("namespace", ""), backend="k8s",
-                     run_id=(meta.get("labels") or {}).get("qwen3-trainer.io/run-id"),
-                     conditions=conditions, replicas=replicas, restarts=sum(r.restarts for r in replicas),
-                     start_time=status.get("startTime"), completion_time=status.get("completionTime"))
+    return LauncherError(f"cannot {action} {what}: {exc.status} {exc.reason}: {message}", hint=hint, status=status)

@@ -1,4 +1,5 @@
-"""The local launcher, the embedded default: runs the same rendered PyTorchJob as local processes.
+"""The local launcher, the embedded default: runs the same rendered PyTorchJob (or TrainJob) as local
+processes.
 
 ``submit`` renders the JobSpec, writes the job directory (local_state.py), and starts a detached
 supervisor (local_supervisor.py) that runs one torchrun per replica; it returns at once. ``status``,
@@ -86,7 +87,8 @@ class LocalLauncher:
             for key, text in rendered.configmap["data"].items():
                 (volume / key).write_text(text)
         status = JobStatus(name=spec.name, namespace=spec.namespace, backend=self.backend, run_id=spec.run)
-        status.conditions = set_condition([], "Created", "PyTorchJobCreated", f"PyTorchJob {spec.name} is created.")
+        kind = rendered.kind
+        status.conditions = set_condition([], "Created", f"{kind}Created", f"{kind} {spec.name} is created.")
         labels = rendered.job["metadata"].get("labels", {})
         ls.write_state(job_dir, ls.LocalState(status=status, uid=uuid.uuid4().hex, cwd=os.getcwd(),
                                               gpus=gpus, labels=labels))
@@ -127,14 +129,13 @@ class LocalLauncher:
     def logs(self, name: str, replica: str = "master", index: int = 0, follow: bool = False,
              tail: int | None = None) -> Iterator[str]:
         """Lines of one replica's log (``master``/0 or ``worker``/i; ``master`` of an elastic job is
-        worker-0); ``follow`` tails it until the job finishes; ``tail`` keeps only the last lines."""
+        worker-0; a TrainJob's ``node``/i, where master is node 0 and worker i node i+1); ``follow``
+        tails it until the job finishes; ``tail`` keeps only the last lines."""
         if tail is not None and not follow:
             yield from collections.deque(self.logs(name, replica, index), maxlen=tail)
             return
         job_dir = self._dir(name)
-        if replica.lower() == "master" and "Master" not in ls.read_manifest(job_dir)["spec"]["pytorchReplicaSpecs"]:
-            replica, index = "worker", 0      # an elastic job has no Master: worker-0 hosts the rendezvous
-        pod = f"{name}-{replica.lower()}-{index}"
+        pod = local_pod(name, ls.read_manifest(job_dir), replica, index)
         path = job_dir / "logs" / f"{pod}.log"
         known = [r.name for r in self._state(name).status.replicas]
         if not path.exists() and known and pod not in known:
@@ -196,7 +197,7 @@ class LocalLauncher:
         state = self._state(name)
         if not state.status.finished:
             state.status.conditions = set_condition(state.status.conditions, "Failed", "JobCancelled",
-                                                    f"PyTorchJob {name} was cancelled.")
+                                                    f"{ls.read_manifest(job_dir)['kind']} {name} was cancelled.")
             ls.write_state(self._dir(name), state)
 
     # -- helpers --------------------------------------------------------------------------------
@@ -214,6 +215,17 @@ class LocalLauncher:
         child = self._children.get(name)
         if child is not None:
             child.poll()
+
+
+def local_pod(name: str, job: dict, replica: str, index: int) -> str:
+    """The replica's pod name, as the operator or the JobSet names it (less the JobSet's random suffix)."""
+    replica = replica.lower()
+    if job["kind"] == "TrainJob":
+        node = {"master": 0, "worker": index + 1}.get(replica, index)
+        return f"{name}-node-0-{node}"
+    if replica == "master" and "Master" not in job["spec"]["pytorchReplicaSpecs"]:
+        replica, index = "worker", 0      # an elastic job has no Master: worker-0 hosts the rendezvous
+    return f"{name}-{replica}-{index}"
 
 
 def _gpus_for(spec: JobSpec) -> list[str] | None:

@@ -2,7 +2,8 @@
 
 Layout, under ``$QTRAIN_HOME/jobs/<name>/`` (``QTRAIN_HOME`` defaults to ``~/.qtrain``)::
 
-    manifest.yaml        the rendered objects (ConfigMap + PyTorchJob), exactly what k8s would get
+    manifest.yaml        the rendered objects (ConfigMap + PyTorchJob, or ConfigMap + TrainingRuntime +
+                         TrainJob), exactly what k8s would get
     state.json           JobStatus + local details, rewritten atomically by the supervisor
     volumes/<volume>/    ConfigMap volumes as files (the trainer's /etc/qtrain/config.yaml lands here)
     logs/<pod>.log       each replica's stdout+stderr, appended across restarts
@@ -59,9 +60,17 @@ def write_state(job_dir: Path, state: LocalState) -> None:
 
 
 def read_manifest(job_dir: Path) -> dict:
-    """The PyTorchJob of the job's manifest."""
-    docs = list(yaml.safe_load_all((job_dir / "manifest.yaml").read_text()))
-    return next(d for d in docs if d["kind"] == "PyTorchJob")
+    """The job of the job's manifest: its PyTorchJob or TrainJob."""
+    return next(d for d in _manifest(job_dir) if d["kind"] in ("PyTorchJob", "TrainJob"))
+
+
+def read_runtime(job_dir: Path) -> dict | None:
+    """The TrainingRuntime a TrainJob's manifest carries (None: it names a runtime of the cluster)."""
+    return next((d for d in _manifest(job_dir) if d["kind"] == "TrainingRuntime"), None)
+
+
+def _manifest(job_dir: Path) -> list[dict]:
+    return list(yaml.safe_load_all((job_dir / "manifest.yaml").read_text()))
 
 
 def log_path(job_dir: Path, pod: str) -> Path:

@@ -1,5 +1,9 @@
 """The local job supervisor: runs one rendered PyTorchJob as local torchrun processes, the way the
-training operator runs it as pods, and records its status in ``<job dir>/state.json``.
+training operator runs it as pods, and records its status in ``<job dir>/state.json``. A rendered
+TrainJob runs the same way: its ``numNodes`` node pods (trainjob_pods.py: the runtime's pod template
+with the TrainJob applied) become replicas ``<job>-node-0-<i>`` with the variables Trainer v2's Torch
+plugin injects (``trainjob_env``: PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK = node index,
+PET_MASTER_ADDR, PET_MASTER_PORT; no MASTER_ADDR/WORLD_SIZE/RANK), and its runtime's restart policy.
 
 Started detached by local_launcher.py (``python -m qwen3_trainer.platform.jobs.local_supervisor DIR``)
 so ``qtrain job submit`` returns and status/logs/cancel work from any process. Per replica (Master,
@@ -37,6 +41,7 @@ from pathlib import Path
 
 from qwen3_trainer.platform.jobs import local_state as ls
 from qwen3_trainer.platform.jobs.status import ReplicaStatus, now, set_condition
+from qwen3_trainer.platform.jobs.trainjob_pods import node_plan
 
 POLL_S = 0.2
 KILL_GRACE_S = 5.0
@@ -102,34 +107,46 @@ def replica_env(job: dict, replica_type: str, index: int, port: int) -> dict[str
     return env
 
 
+def trainjob_env(nodes: int, nproc_per_node: int, node_rank: int, port: int) -> dict[str, str]:
+    """The variables Kubeflow Trainer v2's Torch plugin injects into a node pod, for 127.0.0.1."""
+    return {"PYTHONUNBUFFERED": "1", "PET_NNODES": str(nodes), "PET_NPROC_PER_NODE": str(nproc_per_node),
+            "PET_NODE_RANK": str(node_rank), "PET_MASTER_ADDR": "127.0.0.1", "PET_MASTER_PORT": str(port)}
+
+
 def plan(job: dict, job_dir: Path, uid: str, port: int, gpus: list[str] | None = None,
-         base_env: dict[str, str] | None = None, log=print) -> list[Replica]:
-    """The processes that run ``job``: one per replica, Master first."""
+         base_env: dict[str, str] | None = None, log=print, runtime: dict | None = None) -> list[Replica]:
+    """The processes that run ``job``: one per replica (PyTorchJob: Master first; TrainJob: node 0 first).
+    ``runtime``: a TrainJob's own TrainingRuntime, when its manifest carries one."""
     name = job["metadata"]["name"]
     base = {k: v for k, v in (os.environ if base_env is None else base_env).items() if not _INHERITED_DROP.match(k)}
-    replicas, node_rank = [], 0
-    for rtype in ("Master", "Worker"):
-        rspec = job["spec"]["pytorchReplicaSpecs"].get(rtype)
-        if not rspec:
-            continue
-        pod_spec = rspec["template"]["spec"]
-        container = next(c for c in pod_spec["containers"] if c["name"] == "pytorch")
-        limits = container.get("resources", {}).get("limits", {})
-        per_node = int(limits.get("nvidia.com/gpu", 0))
+    pods = []          # (pod, replica type, index, restart policy, pod spec, container, operator env)
+    if job["kind"] == "TrainJob":
+        nodes = node_plan(job, runtime)
+        for i in range(nodes.nodes):
+            pods.append((f"{name}-node-0-{i}", "Node", i, nodes.restart_policy, nodes.template["spec"],
+                         nodes.container, trainjob_env(nodes.nodes, nodes.nproc_per_node, i, port)))
+    else:
+        for rtype in ("Master", "Worker"):
+            rspec = job["spec"]["pytorchReplicaSpecs"].get(rtype)
+            pod_spec = rspec and rspec["template"]["spec"]
+            for index in range(rspec["replicas"] if rspec else 0):
+                container = next(c for c in pod_spec["containers"] if c["name"] == "pytorch")
+                pods.append((f"{name}-{rtype.lower()}-{index}", rtype, index, rspec.get("restartPolicy", "Never"),
+                             pod_spec, container, replica_env(job, rtype, index, port)))
+    replicas = []
+    for node_rank, (pod, rtype, index, restart, pod_spec, container, operator_env) in enumerate(pods):
+        per_node = int(container.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
         mounts = _local_mounts(pod_spec, container, job_dir)
-        for index in range(rspec["replicas"]):
-            pod = f"{name}-{rtype.lower()}-{index}"
-            env = dict(base)
-            env |= _container_env(container, base, log=lambda m, p=pod: log(f"{p}: {m}"))
-            env |= replica_env(job, rtype, index, port)
-            env |= {"QTRAIN_LOCAL_JOB": uid, "QTRAIN_LOCAL_REPLICA": pod}
-            mine = (gpus or [])[node_rank * per_node:(node_rank + 1) * per_node]
-            env["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
-            argv = [_remap(expand(a, env), mounts) for a in [*container.get("command", []), *container.get("args", [])]]
-            if argv and argv[0] == "torchrun":
-                argv = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
-            replicas.append(Replica(pod, rtype, index, node_rank, rspec.get("restartPolicy", "Never"), argv, env))
-            node_rank += 1
+        env = dict(base)
+        env |= _container_env(container, base, log=lambda m, p=pod: log(f"{p}: {m}"))
+        env |= operator_env
+        env |= {"QTRAIN_LOCAL_JOB": uid, "QTRAIN_LOCAL_REPLICA": pod}
+        mine = (gpus or [])[node_rank * per_node:(node_rank + 1) * per_node]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(mine)
+        argv = [_remap(expand(a, env), mounts) for a in [*container.get("command", []), *container.get("args", [])]]
+        if argv and argv[0] == "torchrun":
+            argv = [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
+        replicas.append(Replica(pod, rtype, index, node_rank, restart, argv, env))
     return replicas
 
 
@@ -164,10 +181,15 @@ class Supervisor:
         self.dir = job_dir
         self.state = ls.read_state(job_dir)
         self.job = ls.read_manifest(job_dir)
+        self.kind = self.job["kind"]
+        self.runtime = ls.read_runtime(job_dir)
         self.cancelled = False
-        run_policy = self.job["spec"].get("runPolicy", {})
-        self.backoff_limit = run_policy.get("backoffLimit", 3)
-        deadline = run_policy.get("activeDeadlineSeconds")
+        if self.kind == "TrainJob":
+            nodes = node_plan(self.job, self.runtime)
+            self.backoff_limit, deadline = nodes.backoff_limit, nodes.active_deadline_seconds
+        else:
+            run_policy = self.job["spec"].get("runPolicy", {})
+            self.backoff_limit, deadline = run_policy.get("backoffLimit", 3), run_policy.get("activeDeadlineSeconds")
         self.deadline = time.monotonic() + deadline if deadline else None
         self.gpus = self.state.gpus
 
@@ -187,24 +209,24 @@ class Supervisor:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_cancel)
         signal.signal(signal.SIGINT, self._on_cancel)
-        name = self.state.status.name
+        name, kind = self.state.status.name, self.kind
         while True:
             replicas = self._start(self.state.status.restarts)
             if self.cancelled:
                 outcome, culprit, code = "cancelled", None, None
             else:
-                self.set("Running", "PyTorchJobRunning", f"PyTorchJob {name} is running.")
+                self.set("Running", f"{kind}Running", f"{kind} {name} is running.")
                 outcome, culprit, code = self._monitor(replicas)
             self._kill(replicas)
             self._record(replicas)
             if outcome == "succeeded":
-                self.set("Succeeded", "PyTorchJobSucceeded", f"PyTorchJob {name} is successfully completed.")
+                self.set("Succeeded", f"{kind}Succeeded", f"{kind} {name} is successfully completed.")
                 return 0
             if outcome == "cancelled":
-                self.set("Failed", "JobCancelled", f"PyTorchJob {name} was cancelled.")
+                self.set("Failed", "JobCancelled", f"{kind} {name} was cancelled.")
                 return 1
             if outcome == "deadline":
-                self.set("Failed", "DeadlineExceeded", f"PyTorchJob {name} has run longer than activeDeadlineSeconds.")
+                self.set("Failed", "DeadlineExceeded", f"{kind} {name} has run longer than activeDeadlineSeconds.")
                 return 1
             why = f"{culprit.pod} exited with code {code}"
             error = ls.last_attempt_error(ls.log_path(self.dir, culprit.pod))
@@ -212,22 +234,22 @@ class Supervisor:
                 why += f" ({error})"
             retry = culprit.restart_policy == "OnFailure" or (culprit.restart_policy == "ExitCode" and code >= 128)
             if not retry:
-                self.set("Failed", "PyTorchJobFailed",
-                         f"PyTorchJob {name} is failed because {why} (restartPolicy {culprit.restart_policy}).")
+                self.set("Failed", f"{kind}Failed",
+                         f"{kind} {name} is failed because {why} (restartPolicy {culprit.restart_policy}).")
                 return 1
             if self.state.status.restarts >= self.backoff_limit:
                 self.set("Failed", "BackoffLimitExceeded",
-                         f"PyTorchJob {name} has failed because it has reached the specified backoff limit "
+                         f"{kind} {name} has failed because it has reached the specified backoff limit "
                          f"({self.backoff_limit}); last: {why}.")
                 return 1
             self.state.status.restarts += 1
-            self.set("Restarting", "PyTorchJobRestarting", f"PyTorchJob {name} is restarting because {why}.")
+            self.set("Restarting", f"{kind}Restarting", f"{kind} {name} is restarting because {why}.")
 
     def _on_cancel(self, signum, frame) -> None:
         self.cancelled = True
 
     def _start(self, attempt: int) -> list[Replica]:
-        replicas = plan(self.job, self.dir, self.state.uid, free_port(), self.gpus, log=self.log)
+        replicas = plan(self.job, self.dir, self.state.uid, free_port(), self.gpus, log=self.log, runtime=self.runtime)
         for r in replicas:
             path = ls.log_path(self.dir, r.pod)
             with open(path, "ab") as out:

@@ -1,5 +1,6 @@
 """Render a JobSpec to a Kubeflow ``kubeflow.org/v1`` PyTorchJob (plus the ConfigMap holding its
-training config) through the kubeflow-training SDK and kubernetes client models.
+training config) through the kubeflow-training SDK and kubernetes client models; a ``kind: TrainJob``
+spec renders through trainjob.py instead (Kubeflow Trainer v2), sharing the helpers here.
 
 Shape, as the training operator expects it: one ``Master`` and ``nodes - 1`` ``Worker`` replicas
 (elastic jobs: ``nodes`` Workers and no Master, torchrun's c10d rendezvous on worker-0 replaces the
@@ -69,12 +70,17 @@ STATIC_RDZV = [
 class RenderedJob:
     """The objects one JobSpec becomes, as plain JSON-able dicts (what the API server receives)."""
 
-    job: dict[str, Any]                  # the PyTorchJob
+    job: dict[str, Any]                  # the PyTorchJob or TrainJob
     configmap: dict[str, Any] | None     # the training config, None for a URI config
+    runtime: dict[str, Any] | None = None   # TrainJob only: its own TrainingRuntime (no `runtime:` named)
+
+    @property
+    def kind(self) -> str:
+        return self.job["kind"]
 
     @property
     def objects(self) -> list[dict[str, Any]]:
-        return [o for o in (self.configmap, self.job) if o is not None]
+        return [o for o in (self.configmap, self.runtime, self.job) if o is not None]
 
     def to_yaml(self) -> str:
         return yaml.dump_all(self.objects, Dumper=_BlockDumper, sort_keys=False, default_flow_style=False)
@@ -89,7 +95,14 @@ def _str_block(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
     return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
 
+def _list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
+    # a list of numbers (the exit codes of a pod failure policy) on one line
+    flow = bool(data) and all(isinstance(x, int) and not isinstance(x, bool) for x in data)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", data, flow_style=flow or None)
+
+
 _BlockDumper.add_representer(str, _str_block)
+_BlockDumper.add_representer(list, _list)
 
 
 def job_labels(spec: JobSpec) -> dict[str, str]:
@@ -106,15 +119,15 @@ def job_labels(spec: JobSpec) -> dict[str, str]:
 
 
 def render(spec: JobSpec, base_dir: str | Path | None = None) -> RenderedJob:
-    """JobSpec -> PyTorchJob (+ ConfigMap). ``base_dir`` resolves a relative ``train`` file path."""
-    config_name, config_text, config_arg = _training_config(spec, Path(base_dir or "."))
+    """JobSpec -> PyTorchJob (+ ConfigMap), or TrainJob (+ ConfigMap, + TrainingRuntime) for
+    ``kind: TrainJob``. ``base_dir`` resolves a relative ``train`` file path."""
+    if spec.kind == "TrainJob":
+        from qwen3_trainer.platform.jobs.trainjob import render_trainjob  # imports 380 models: only here
+
+        return render_trainjob(spec, base_dir)
+    config_name, config_text, config_arg = training_config(spec, Path(base_dir or "."))
     labels = job_labels(spec)
-    configmap = None
-    if config_text is not None:
-        configmap = _sanitize(k8s.V1ConfigMap(
-            api_version="v1", kind="ConfigMap", immutable=True, data={config_name: config_text},
-            metadata=k8s.V1ObjectMeta(name=f"{spec.name}-config", namespace=spec.namespace, labels=labels),
-        ))
+    configmap = config_map(spec, labels, config_name, config_text)
     template = _pod_template(spec, labels, config_text, config_arg)
     replicas = {"Worker": spec.nodes} if spec.elastic else {"Master": 1, "Worker": spec.nodes - 1}
     replica_specs = {
@@ -138,7 +151,17 @@ def render(spec: JobSpec, base_dir: str | Path | None = None) -> RenderedJob:
     return RenderedJob(job=_sanitize(job), configmap=configmap)
 
 
-def _training_config(spec: JobSpec, base_dir: Path) -> tuple[str, str | None, str]:
+def config_map(spec: JobSpec, labels: dict, config_name: str, config_text: str | None) -> dict[str, Any] | None:
+    """The immutable ConfigMap ``<name>-config`` holding the training config (None for a URI config)."""
+    if config_text is None:
+        return None
+    return _sanitize(k8s.V1ConfigMap(
+        api_version="v1", kind="ConfigMap", immutable=True, data={config_name: config_text},
+        metadata=k8s.V1ObjectMeta(name=f"{spec.name}-config", namespace=spec.namespace, labels=labels),
+    ))
+
+
+def training_config(spec: JobSpec, base_dir: Path) -> tuple[str, str | None, str]:
     """(file name in the ConfigMap, its text or None, the path/URI the trainer is given)."""
     train = spec.train
     if isinstance(train, dict):
@@ -159,12 +182,16 @@ def _training_config(spec: JobSpec, base_dir: Path) -> tuple[str, str | None, st
     return name, text, f"{CONFIG_DIR}/{name}"
 
 
-def _pod_template(spec: JobSpec, labels: dict, config_text: str | None, config_arg: str) -> k8s.V1PodTemplateSpec:
+def pod_resources(spec: JobSpec) -> tuple[dict[str, str], dict[str, str]]:
+    """(requests, limits) of one node's pod: CPU and memory, GPUs and extended (RDMA/EFA) resources."""
     gpu = {"nvidia.com/gpu": str(spec.gpus_per_node)} if spec.gpus_per_node else {}
     extended = {name: str(n) for name, n in spec.resources.extended.items()}
     # GPUs and extended resources sit in both requests and limits (Kubernetes requires them equal)
-    requests = {**spec.resources.requests(), **gpu, **extended}
-    limits = {**spec.resources.limits(), **gpu, **extended}
+    return {**spec.resources.requests(), **gpu, **extended}, {**spec.resources.limits(), **gpu, **extended}
+
+
+def _pod_template(spec: JobSpec, labels: dict, config_text: str | None, config_arg: str) -> k8s.V1PodTemplateSpec:
+    requests, limits = pod_resources(spec)
     volumes = [k8s.V1Volume(name="dshm", empty_dir=k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=spec.resources.shm))]
     mounts = [k8s.V1VolumeMount(name="dshm", mount_path="/dev/shm")]
     annotations = {}
@@ -206,14 +233,20 @@ def _rdzv_args(spec: JobSpec) -> list[str]:
     ]
 
 
+def env_entries(spec: JobSpec) -> list[tuple[str, str | None, Any]]:
+    """(name, literal value, SecretRef) of every variable the trainer container gets, in order."""
+    return [("QTRAIN_JOB_NAME", spec.name, None), ("QTRAIN_RUN_ID", spec.run, None),
+            *((var.name, var.value, var.secret) for var in spec.env)]
+
+
 def _env(spec: JobSpec) -> list[k8s.V1EnvVar]:
-    env = [k8s.V1EnvVar(name="QTRAIN_JOB_NAME", value=spec.name), k8s.V1EnvVar(name="QTRAIN_RUN_ID", value=spec.run)]
-    for var in spec.env:
-        if var.secret:
-            ref = k8s.V1SecretKeySelector(name=var.secret.name, key=var.secret.key)
-            env.append(k8s.V1EnvVar(name=var.name, value_from=k8s.V1EnvVarSource(secret_key_ref=ref)))
+    env = []
+    for name, value, secret in env_entries(spec):
+        if secret:
+            ref = k8s.V1SecretKeySelector(name=secret.name, key=secret.key)
+            env.append(k8s.V1EnvVar(name=name, value_from=k8s.V1EnvVarSource(secret_key_ref=ref)))
         else:
-            env.append(k8s.V1EnvVar(name=var.name, value=var.value))
+            env.append(k8s.V1EnvVar(name=name, value=value))
     return env
 
 
@@ -257,7 +290,7 @@ def _sanitize(obj: Any) -> dict[str, Any]:
 def strict_model(data: Any, klass: str, path: str) -> Any:
     """Build kubernetes client model ``klass`` from its YAML (camelCase) form, refusing unknown or
     mistyped fields (the client's own deserializer silently drops them)."""
-    _check_fields(data, klass, path)
+    check_fields(data, klass, path)
 
     class _Response:
         def __init__(self, payload):
@@ -269,19 +302,20 @@ def strict_model(data: Any, klass: str, path: str) -> Any:
 _PRIMITIVES = {"str": str, "int": int, "bool": bool, "float": (int, float), "object": object}
 
 
-def _check_fields(data: Any, klass: str, path: str) -> None:
+def check_fields(data: Any, klass: str, path: str) -> None:
+    """Refuse a field of ``data`` that kubernetes client model ``klass`` does not have, or a mistyped one."""
     if klass.startswith("list["):
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a list")
         for i, item in enumerate(data):
-            _check_fields(item, klass[5:-1], f"{path}[{i}]")
+            check_fields(item, klass[5:-1], f"{path}[{i}]")
         return
     if klass.startswith("dict("):
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping")
         value_type = klass[5:-1].split(", ", 1)[1]
         for key, item in data.items():
-            _check_fields(item, value_type, f"{path}.{key}")
+            check_fields(item, value_type, f"{path}.{key}")
         return
     if klass in _PRIMITIVES:
         if not isinstance(data, _PRIMITIVES[klass]) or (klass == "int" and isinstance(data, bool)):
@@ -294,4 +328,4 @@ def _check_fields(data: Any, klass: str, path: str) -> None:
     for key, item in data.items():
         if key not in by_json:
             raise ValueError(f"{path}.{key}: unknown field (valid: {', '.join(sorted(by_json))})")
-        _check_fields(item, model.openapi_types[by_json[key]], f"{path}.{key}")
+        check_fields(item, model.openapi_types[by_json[key]], f"{path}.{key}")

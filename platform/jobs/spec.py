@@ -1,15 +1,19 @@
 """JobSpec: what a training job asks of the cluster, as a strict pydantic model read from YAML.
 
-One JobSpec renders to one Kubeflow ``PyTorchJob`` (render.py) and runs either on Kubernetes
-(k8s_launcher.py) or as local processes (local_launcher.py). Every model forbids unknown fields, so a
-typo is an error naming the field, never silently dropped. Checks done here, before any API call:
+One JobSpec renders to one Kubeflow ``PyTorchJob`` (render.py, the default ``kind``) or one Kubeflow
+Trainer v2 ``TrainJob`` (trainjob.py, ``kind: TrainJob``) and runs either on Kubernetes (k8s_launcher.py)
+or as local processes (local_launcher.py). Every model forbids unknown fields, so a typo is an error
+naming the field, never silently dropped. Checks done here, before any API call:
 
-- ``name`` is a DNS-1035 label short enough for the operator's pod/Service names (``<name>-worker-<i>``);
+- ``name`` is a DNS-1035 label short enough for the pod/Service names (``<name>-worker-<i>``,
+  ``<name>-node-0-<i>``);
 - credentials reach the container only through ``secretKeyRef``: a literal value for a variable whose
   name has a SECRET/KEY/PASSWORD/TOKEN/CREDENTIALS part is rejected;
 - variables the training operator owns (MASTER_ADDR, WORLD_SIZE, RANK, PET_*) cannot be set;
 - one process per GPU (``nproc_per_node`` equals ``gpus_per_node`` when GPUs are requested);
-- quantities, label keys/values and extended-resource names have Kubernetes syntax.
+- quantities, label keys/values and extended-resource names have Kubernetes syntax;
+- a TrainJob asks for nothing Trainer v2 cannot express (``_trainjob_limits``), and ``runtime`` (the
+  Trainer runtime a TrainJob references) is never given to a PyTorchJob.
 
 ``train`` is the training config the job runs (``qtrain train CONFIG``): a mapping (delivered in a
 ConfigMap), a path to a YAML/TOML file (read at render time, relative to the spec file, and delivered
@@ -28,6 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 QUANTITY = re.compile(r"^\d+(\.\d+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$")
@@ -203,7 +208,34 @@ class ElasticPolicy(Strict):
     rdzv_port: int = Field(29400, ge=1, le=65535)
 
 
+class RuntimeRef(Strict):
+    """An existing Kubeflow Trainer runtime for a TrainJob: the cluster's ``torch-distributed``
+    ClusterTrainingRuntime, or a TrainingRuntime in the job's namespace (the chart installs one)."""
+
+    name: str
+    kind: Literal["ClusterTrainingRuntime", "TrainingRuntime"] = "ClusterTrainingRuntime"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not DNS1123.match(v) or len(v) > 253:
+            raise ValueError(f"{v!r} is not a valid runtime name (a DNS-1123 subdomain)")
+        return v
+
+
+# Knobs a TrainJob leaves to its training runtime (the JobSet template: failure policy, Job pod failure
+# policy, pod template): without `runtime:` the job renders a TrainingRuntime of its own that holds
+# them; with a named runtime they are that runtime's, so a value other than the default is refused.
+RUNTIME_OWNED = ("run_policy.backoff_limit", "run_policy.ttl_seconds_after_finished", "restart_policy",
+                 "image_pull_policy", "scheduling.scheduler_name", "scheduling.priority_class",
+                 "scheduling.schedule_timeout_seconds")
+
+
 class JobSpec(Strict):
+    # PyTorchJob: kubeflow.org/v1 (training operator v1.9); TrainJob: trainer.kubeflow.org/v1alpha1
+    kind: Literal["PyTorchJob", "TrainJob"] = "PyTorchJob"
+    # TrainJob only: the runtime it references; None renders a TrainingRuntime for this job alone
+    runtime: RuntimeRef | None = None
     name: str
     namespace: str = "default"
     run_id: str | None = None           # defaults to name; labels every object (qwen3-trainer.io/run-id)
@@ -260,7 +292,8 @@ class JobSpec(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
-        longest = f"-worker-{max(self.max_nodes - 2, 0)}"
+        # the longest pod hostname: the operator's <name>-worker-<i>, the JobSet's <name>-node-0-<i>
+        longest = f"-node-0-{self.nodes - 1}" if self.kind == "TrainJob" else f"-worker-{max(self.max_nodes - 2, 0)}"
         if len(self.name) + len(longest) > MAX_NAME:
             raise ValueError(f"name: {self.name!r} is too long: pod '{self.name}{longest}' exceeds {MAX_NAME} chars")
         if not LABEL_VALUE.match(self.run) or len(self.run) > MAX_NAME:
@@ -276,7 +309,36 @@ class JobSpec(Strict):
             raise ValueError("train: empty config path")
         if not self.entrypoint:
             raise ValueError("entrypoint: empty")
+        if self.kind == "TrainJob":
+            self._trainjob_limits()
+        elif self.runtime is not None:
+            raise ValueError("runtime: names a Kubeflow Trainer runtime, which only a TrainJob references "
+                             "(kind is PyTorchJob): set kind: TrainJob or drop runtime")
         return self
+
+    def _trainjob_limits(self) -> None:
+        """What Kubeflow Trainer v2 (v1alpha1) cannot express, as one line naming the field."""
+        if self.elastic is not None:
+            raise ValueError("elastic: a TrainJob cannot express it (Trainer v2's torch policy has no elastic "
+                             "rendezvous); use kind: PyTorchJob")
+        if self.run_policy.clean_pod_policy != "Running":
+            raise ValueError(f"run_policy.clean_pod_policy: a TrainJob cannot express "
+                             f"{self.run_policy.clean_pod_policy} (its JobSet deletes running pods when it ends "
+                             "and keeps finished ones: Running)")
+        sched = self.scheduling
+        if sched.gang == "volcano" and sched.schedule_timeout_seconds is not None:
+            raise ValueError("scheduling.schedule_timeout_seconds: a TrainJob cannot express it with gang=volcano "
+                             "(Trainer v2's Volcano PodGroup has no schedule timeout; scheduler-plugins' has)")
+        if self.runtime is None:
+            return
+        where = f"runtime {self.runtime.kind} {self.runtime.name}"
+        if sched.gang in ("volcano", "scheduler-plugins"):
+            raise ValueError(f"scheduling.gang: {sched.gang} is the podGroupPolicy of {where}, which a TrainJob "
+                             "cannot set; drop `runtime` (the job then renders its own TrainingRuntime) or the gang")
+        for field in RUNTIME_OWNED:
+            if _at(self, field) != _at(type(self), field):
+                raise ValueError(f"{field}: {where} decides it, a TrainJob cannot set it; drop `runtime` (the "
+                                 f"job then renders its own TrainingRuntime) or the {field.rsplit('.', 1)[-1]}")
 
     @property
     def run(self) -> str:
@@ -293,6 +355,14 @@ class JobSpec(Strict):
     @property
     def world_size(self) -> int:
         return self.nodes * self.procs_per_node
+
+
+def _at(spec: JobSpec | type[JobSpec], path: str) -> Any:
+    """The value at a dotted field path of a spec; of the JobSpec class: that field's default."""
+    *parents, last = path.split(".")
+    for part in parents:
+        spec = spec.model_fields[part].annotation if isinstance(spec, type) else getattr(spec, part)
+    return spec.model_fields[last].default if isinstance(spec, type) else getattr(spec, last)
 
 
 def _check_labels(labels: dict[str, str], field: str) -> dict[str, str]:
@@ -327,12 +397,17 @@ def parse_spec(data: Any, source: str = "spec") -> JobSpec:
         raise SpecError(f"{source}: {describe(exc)}") from exc
 
 
-def load_spec(path: str | Path) -> tuple[JobSpec, Path]:
+def load_spec(path: str | Path, kind: str | None = None) -> tuple[JobSpec, Path]:
     """Read a JobSpec YAML file; returns the spec and the folder relative paths resolve against.
+    ``kind`` (``qtrain job render --kind``) chooses the API for a spec that does not name one itself.
     Raises SpecError (a ValueError) naming the file and the field."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if kind is not None and isinstance(data, dict):
+        if data.get("kind", kind) != kind:
+            raise SpecError(f"{path}: kind: the spec says {data['kind']}, --kind says {kind}; drop one")
+        data = {**data, "kind": kind}
     return parse_spec(data, str(path)), path.resolve().parent

@@ -1,8 +1,9 @@
 """The shapes both launchers return, so callers (CLI, workflows) never care where a job runs.
 
 A job's conditions follow the training operator's (``Created``, ``Running``, ``Restarting``,
-``Succeeded``, ``Failed``, each with a reason and a message); its ``state`` is the type of the latest
-condition whose status is ``True``, as ``kubectl get pytorchjob`` shows it. One ReplicaStatus per pod
+``Succeeded``, ``Failed``, each with a reason and a message; a TrainJob's may also be ``Suspended``,
+k8s_status.py maps Trainer's onto these); its ``state`` is the type of the latest condition whose
+status is ``True``, as ``kubectl get pytorchjob`` shows it. One ReplicaStatus per pod
 (Kubernetes) or per torchrun process (local), named like the operator's pods: ``<job>-master-0``,
 ``<job>-worker-<i>``.
 """
@@ -22,7 +23,7 @@ def now() -> str:
 
 
 class Condition(BaseModel):
-    type: str                  # Created | Running | Restarting | Succeeded | Failed
+    type: str                  # Created | Running | Restarting | Succeeded | Failed | Suspended (TrainJob)
     status: str = "True"
     reason: str = ""
     message: str = ""
@@ -30,8 +31,8 @@ class Condition(BaseModel):
 
 
 class ReplicaStatus(BaseModel):
-    name: str                  # <job>-master-0 / <job>-worker-<i>
-    replica_type: str          # Master | Worker
+    name: str                  # <job>-master-0 / <job>-worker-<i> / (TrainJob) <job>-node-0-<i>[-<suffix>]
+    replica_type: str          # Master | Worker | Node
     index: int
     phase: str                 # Pending | Running | Succeeded | Failed | Unknown
     restarts: int = 0

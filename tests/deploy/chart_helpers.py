@@ -13,7 +13,7 @@ CHART = ROOT / "helm" / "qwen3-trainer"
 # values.yaml alone, then each CI values file on top of it (as `helm template -f` does)
 VALUES_FILES = {"default": None, **{p.stem: p for p in sorted((CHART / "ci").glob("*-values.yaml"))}}
 OVERLAYS = {"base": ROOT / "k8s" / "base", "dev": ROOT / "k8s" / "overlays" / "dev",
-            "prod": ROOT / "k8s" / "overlays" / "prod"}
+            "prod": ROOT / "k8s" / "overlays" / "prod", "dev-trainer": ROOT / "k8s" / "overlays" / "dev-trainer"}
 RELEASE, NAMESPACE = "qwen3", "ml"
 
 

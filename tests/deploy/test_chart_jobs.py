@@ -1,6 +1,8 @@
 """templates/jobs/configmap.yaml: the `cluster.yaml` the chart writes is the cluster contract
 (recipe/cluster.py), key for key, for every values file and kustomize overlay; the chart's `jobs`
-schema is generated from the same models, so `helm template` refuses what a flow run would."""
+schema is generated from the same models, so `helm template` refuses what a flow run would.
+templates/jobs/trainingruntime.yaml: the TrainingRuntime the chart installs for TrainJobs is the one
+recipe/jobs.py cluster_runtime renders from that cluster.yaml."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from qwen3_trainer.recipe.cluster import (
     amount,
     load_cluster_config,
 )
+from qwen3_trainer.recipe.jobs import cluster_runtime
 
 PREFIX = "qwen3-qwen3-trainer"
 
@@ -92,10 +95,48 @@ def test_jobs_schema_is_generated_from_the_contract():
     done = run([sys.executable, ROOT / "helm" / "gen_schema.py", "--check"])
     assert done.returncode == 0, done.stderr
     jobs = json.loads((CHART / "values.schema.json").read_text())["properties"]["jobs"]
-    assert set(jobs["properties"]) == set(JobsValues.model_fields) == {"nodePools", "scheduling", "runPolicy"}
+    assert set(jobs["properties"]) == set(JobsValues.model_fields) == {"api", "trainJob", "nodePools", "scheduling",
+                                                                       "runPolicy"}
+    assert jobs["if"]["properties"]["trainJob"]["properties"]["runtime"] == {"const": "cluster"}  # the API-choice rule
 
 
 def test_pod_security_context_schema_agrees_with_the_contract():
     schema = json.loads((CHART / "values.schema.json").read_text())["properties"]["podSecurityContext"]
     assert schema["additionalProperties"] is False
     assert set(schema["properties"]) == set(PodSecurityContext.model_fields)
+
+
+@pytest.mark.parametrize("values", ["all-on-values", "volcano"])
+def test_installed_runtime_is_the_contracts(renders, helm, values, tmp_path):
+    """api TrainJob + trainJob.runtime install: one TrainingRuntime, the one cluster_runtime renders from
+    the cluster.yaml of the same release (kueue + priority in all-on-values; a Volcano PodGroup)."""
+    if values == "volcano":
+        done = helm_template(helm, "--set", "jobs.api=TrainJob", "--set", "jobs.scheduling.gangScheduler=volcano",
+                             "--set", "jobs.scheduling.queueName=h200", "--set", "jobs.runPolicy.backoffLimit=0")
+        assert done.returncode == 0, done.stderr
+        objects = load_docs(done.stdout)
+    else:
+        objects = renders[values]
+    cluster = _load(objects, tmp_path)
+    (runtime,) = [o for o in objects if o["kind"] == "TrainingRuntime"]
+    assert runtime["metadata"]["name"] == cluster.trainingRuntimeName == f"{PREFIX}-torch"
+    assert cluster.trainjob_runtime() == {"name": f"{PREFIX}-torch", "kind": "TrainingRuntime"}
+    expected = cluster_runtime(cluster, cluster.trainingRuntimeName)
+    assert runtime["spec"] == expected["spec"]
+    assert runtime["metadata"]["labels"]["trainer.kubeflow.org/framework"] == "torch"
+    pod = runtime["spec"]["template"]["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    if values == "volcano":
+        assert runtime["spec"]["podGroupPolicy"] == {"volcano": {}} and pod["schedulerName"] == "volcano"
+        assert runtime["spec"]["template"]["metadata"]["annotations"] == {"scheduling.volcano.sh/queue-name": "h200"}
+        assert runtime["spec"]["template"]["spec"]["failurePolicy"]["maxRestarts"] == 0
+    else:   # kueue admits TrainJobs by their queue label: no PodGroup; the priority is the pods'
+        assert "podGroupPolicy" not in runtime["spec"] and pod["priorityClassName"] == "training-high"
+        assert runtime["spec"]["template"]["spec"]["failurePolicy"]["maxRestarts"] == 6
+
+
+def test_runtime_choice(renders, tmp_path):
+    """PyTorchJob (default) and TrainJob on the cluster's runtime install no TrainingRuntime."""
+    for values, ref in (("default", None), ("sqlite-values", {"name": "torch-distributed",
+                                                               "kind": "ClusterTrainingRuntime"})):
+        assert not [o for o in renders[values] if o["kind"] == "TrainingRuntime"], values
+        assert _load(renders[values], tmp_path).trainjob_runtime() == ref

@@ -22,6 +22,14 @@ BAD_VALUES = {
     "image": (["--set", "trainerImage.repository="], "at '/trainerImage/repository'"),
     "queue": (["--set", "jobs.scheduling.gangScheduler=kueue"], "at '/jobs/scheduling/queueName': minLength: got 0, want 1"),
     "security": (["--set", "podSecurityContext.privileged=true"], "at '/podSecurityContext': additional properties"),
+    "api": (["--set", "jobs.api=TFJob"], "at '/jobs/api': value must be one of 'PyTorchJob', 'TrainJob'"),
+    "runtime": (["--set", "jobs.trainJob.runtime=mine"], "at '/jobs/trainJob/runtime': value must be one of"),
+    # a mixed-up API choice: a Volcano PodGroup / priority only a runtime the chart installs can carry
+    "cluster gang": (["--set", "jobs.api=TrainJob", "--set", "jobs.trainJob.runtime=cluster", "--set",
+                      "jobs.scheduling.gangScheduler=volcano", "--set", "jobs.scheduling.queueName=q"],
+                     "at '/jobs/scheduling/gangScheduler': 'not' failed"),
+    "cluster priority": (["--set", "jobs.api=TrainJob", "--set", "jobs.trainJob.runtime=cluster", "--set",
+                          "jobs.scheduling.priorityClassName=high"], "at '/jobs/scheduling/priorityClassName'"),
     "s3 secret": (["--set", "s3.credentialsSecret="], "at '/s3/credentialsSecret': minLength"),
     "identity": (["--set", "s3.auth=workloadIdentity"], "at '/s3/workloadIdentityAnnotations': minProperties"),
     "worker api": (["--set", "prefect.server.enabled=false"], "at '/prefect/worker/apiUrl': minLength"),
@@ -51,4 +59,8 @@ def test_valid_overrides_render(helm):
                          "--set", "s3.workloadIdentityAnnotations.iam\\.gke\\.io/gcp-service-account=t@p.iam.gserviceaccount.com",
                          "--set", "jobs.scheduling.gangScheduler=volcano", "--set", "jobs.scheduling.queueName=q",
                          "--set", "jobs.nodePools.gpu.cpuPerGpu=16")
+    assert done.returncode == 0, done.stderr
+    # the same gang on Trainer v2 through the runtime the chart installs is fine
+    done = helm_template(helm, "--set", "jobs.api=TrainJob", "--set", "jobs.scheduling.gangScheduler=volcano",
+                         "--set", "jobs.scheduling.queueName=q")
     assert done.returncode == 0, done.stderr

@@ -13,6 +13,8 @@ from k8s_objects import by_kind, containers, env_of, find, pod_specs
 
 ROLE_RULES = {  # (apiGroup, resource) -> verbs: what the worker and its flow runs do, nothing more
     ("kubeflow.org", "pytorchjobs"): {"create", "get", "list", "watch", "delete"},
+    ("trainer.kubeflow.org", "trainjobs"): {"create", "get", "list", "watch", "delete"},
+    ("trainer.kubeflow.org", "trainingruntimes"): {"get"},  # a TrainJob's runtime exists before it is submitted
     ("", "configmaps"): {"create", "patch", "delete"},  # the job's train config, owned by its PyTorchJob
     ("batch", "jobs"): {"create", "get", "list", "watch", "delete"},
     ("", "pods"): {"get", "list", "watch"},

@@ -115,6 +115,18 @@ def test_prod_gang_schedules_gpu_jobs_through_kueue(builds, tmp_path):
     assert not by_kind(prod, "Secret")  # prod secrets come from outside, never from git
 
 
+def test_dev_trainer_installs_the_runtime_its_jobs_reference(builds, tmp_path):
+    objects = builds["dev-trainer"]
+    contract = _contract(objects, tmp_path)
+    (runtime,) = by_kind(objects, "TrainingRuntime")
+    assert contract.api == "TrainJob" and contract.trainjob_runtime() == {
+        "name": runtime["metadata"]["name"], "kind": "TrainingRuntime"}
+    assert runtime["metadata"]["namespace"] == NAMESPACE
+    # otherwise it is dev: the same CPU pool and policies
+    assert contract.model_dump(include={"nodePools", "scheduling", "runPolicy"}) == \
+        _contract(builds["dev"], tmp_path).model_dump(include={"nodePools", "scheduling", "runPolicy"})
+
+
 def test_namespace_enforces_baseline_and_warns_restricted(builds):
     ns = find(builds["base"], "Namespace", NAMESPACE)["metadata"]["labels"]
     assert ns["pod-security.kubernetes.io/enforce"] == "baseline"

@@ -1,5 +1,6 @@
 """The chart's Role against what the code really does: the platform's Kubernetes launcher runs a
-whole job lifecycle (submit with its ConfigMap, status, watch to completion, logs, list, cancel)
+whole job lifecycle (submit with its ConfigMap, status, watch to completion, logs, list, cancel), as a
+PyTorchJob and as a TrainJob on the TrainingRuntime the chart installs,
 against the HTTP API double of tests/platform, every request the kubernetes client sends is recorded
 and mapped to an RBAC (apiGroup, resource, verb), and each must be granted by the rendered Role, in
 the Role's namespace. A verb the launcher starts to need fails here before it fails in a cluster."""
@@ -13,7 +14,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-from chart_helpers import NAMESPACE
+from chart_helpers import NAMESPACE, RELEASE
 from k8s_objects import by_kind
 from kubernetes.client import rest
 
@@ -22,6 +23,7 @@ from kube_api_double import KubeApiDouble  # noqa: E402  (tests/platform's doubl
 
 from qwen3_trainer.platform.jobs.k8s_launcher import K8sLauncher  # noqa: E402
 from qwen3_trainer.platform.jobs.spec import JobSpec  # noqa: E402
+from qwen3_trainer.platform.jobs.trainjob import render_runtime  # noqa: E402
 
 
 def rbac_of(method: str, url: str, query: dict) -> tuple[str, str, str, str | None]:
@@ -62,24 +64,33 @@ def recorded(monkeypatch):
     return calls
 
 
-def test_role_grants_every_request_of_a_job_lifecycle(renders, recorded, tmp_path):
+@pytest.mark.parametrize("kind", ["PyTorchJob", "TrainJob"])
+def test_role_grants_every_request_of_a_job_lifecycle(renders, recorded, tmp_path, kind):
     api = KubeApiDouble(token="t")
     api.start()
     try:
         launcher = K8sLauncher(kubeconfig=api.kubeconfig(tmp_path / "kubeconfig", namespace=NAMESPACE))
+        runtime = f"{RELEASE}-qwen3-trainer-torch"       # the chart's (jobs.api TrainJob)
+        trainjob = {"kind": "TrainJob", "runtime": {"name": runtime, "kind": "TrainingRuntime"}}
         spec = JobSpec.model_validate({"name": "s1-run", "namespace": NAMESPACE, "image": "r/i:1", "nodes": 2,
-                                       "gpus_per_node": 8, "train": {"model": {"flavor": "debugmodel"}}})
+                                       "gpus_per_node": 8, "train": {"model": {"flavor": "debugmodel"}},
+                                       **(trainjob if kind == "TrainJob" else {})})
+        own = spec.model_copy(update={"runtime": None})
+        api._put("trainingruntimes", NAMESPACE, render_runtime(own, runtime, {}).to_dict())
         launcher.submit(spec)
 
         def operator():
-            api.operator_start(NAMESPACE, "s1-run")
-            for pod in ("s1-run-master-0", "s1-run-worker-0"):
+            if kind == "TrainJob":
+                pods = api.trainer_start(NAMESPACE, "s1-run")
+            else:
+                pods = api.operator_start(NAMESPACE, "s1-run")
+            for pod in pods:
                 api.set_pod(NAMESPACE, pod, "Running")
-            api.append_log(NAMESPACE, "s1-run-master-0", "step 1 | loss 3.0\n")
+            api.append_log(NAMESPACE, pods[0], "step 1 | loss 3.0\n")
             time.sleep(0.5)
-            for pod in ("s1-run-master-0", "s1-run-worker-0"):
+            for pod in pods:
                 api.set_pod(NAMESPACE, pod, "Succeeded", exit_code=0)
-            api.set_condition(NAMESPACE, "s1-run", "Succeeded", "PyTorchJobSucceeded", "done")
+            api.set_condition(NAMESPACE, "s1-run", "Complete" if kind == "TrainJob" else "Succeeded", "Done", "done")
 
         thread = threading.Thread(target=operator)
         thread.start()
@@ -93,6 +104,8 @@ def test_role_grants_every_request_of_a_job_lifecycle(renders, recorded, tmp_pat
         api.stop()
 
     seen = {rbac_of(m, u, q) for m, u, q in recorded if "/namespaces/" in u}
+    plural = "trainjobs" if kind == "TrainJob" else "pytorchjobs"
+    assert {verb for _, resource, verb, _ in seen if resource == plural} >= {"create", "get", "watch", "list", "delete"}
     assert {verb for _, _, verb, _ in seen} >= {"create", "patch", "get", "list", "watch", "delete"}  # a full lifecycle
     for values in ("default", "all-on-values"):
         (role,) = by_kind(renders[values], "Role")

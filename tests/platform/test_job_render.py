@@ -14,7 +14,7 @@ from qwen3_trainer.platform.jobs.render import render
 from qwen3_trainer.platform.jobs.spec import JobSpec, load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
-SPECS = sorted((ROOT / "k8s" / "jobs").glob("*.yaml"))
+SPECS = sorted((ROOT / "k8s" / "jobs").glob("*.yaml"))   # their TrainJob renders: test_job_trainjob.py
 K8S_VERSION = "1.33.0"
 
 
@@ -123,7 +123,7 @@ def test_gpu_job_resources_secrets_and_gang():
     assert "value" not in env["MLFLOW_TRACKING_PASSWORD"]
     assert pod["schedulerName"] == "volcano" and pod["priorityClassName"] == "training-high"
     assert job["spec"]["runPolicy"]["schedulingPolicy"] == {
-        "minAvailable": 32, "priorityClass": "training-high", "queue": "h200-training", "scheduleTimeoutSeconds": 3600}
+        "minAvailable": 32, "priorityClass": "training-high", "queue": "h200-training"}
     assert pod["tolerations"] == [{"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}]
 
 

@@ -3,10 +3,10 @@ submits, watches, reads logs, cancels and lists; API errors become one line with
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
+from kube_api_double import wait_beside
 
 from qwen3_trainer.platform.jobs.k8s_launcher import K8sLauncher
 from qwen3_trainer.platform.jobs.render import render
@@ -78,13 +78,7 @@ def test_wait_watches_until_succeeded_and_logs_follow(kube_api, launcher):
         if _wait_for_pod(kube_api):
             lines.extend(launcher.logs("j1", follow=True))
 
-    threads = [threading.Thread(target=operator), threading.Thread(target=follow)]
-    for t in threads:
-        t.start()
-    states = []
-    final = launcher.wait("j1", timeout=30, on_update=lambda s: states.append(s.state))
-    for t in threads:
-        t.join()
+    final, states = wait_beside(launcher, "j1", operator, follow)
     assert final.state == "Succeeded" and final.message == "PyTorchJob j1 is successfully completed."
     assert states[0] in ("Pending", "Created") and states[-1] == "Succeeded" and "Running" in states
     assert lines == ["step 0 | loss 4.0", "step 1 | loss 3.0", "step 2 | loss 2.0"]

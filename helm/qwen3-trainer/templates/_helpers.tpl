@@ -79,6 +79,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
+{{/* The TrainingRuntime the chart installs for TrainJobs (templates/jobs/trainingruntime.yaml). */}}
+{{- define "qwen3-trainer.trainingRuntimeName" -}}
+{{- include "qwen3-trainer.componentName" (dict "ctx" . "component" "torch") }}
+{{- end }}
+
 {{/* Pod-level securityContext: the chart default merged under a component override. */}}
 {{- define "qwen3-trainer.podSecurityContext" -}}
 {{- toYaml (mergeOverwrite (deepCopy .ctx.Values.podSecurityContext) (default dict .override)) }}
