@@ -32,16 +32,17 @@ from pathlib import Path
 import yaml
 
 
-def _rounds(metrics: Path) -> list[dict]:
-    """Per rollout round: wall seconds (between the round's last step and the previous round's), the
-    summed train-step seconds, the engine's generate / sync seconds and the step tokens."""
+def _rounds(metrics: Path, started_ms: float) -> list[dict]:
+    """Per rollout round: wall seconds (between the round's last step and the previous round's; the
+    first from the process start, so it holds build and compile), the summed train-step seconds, the
+    engine's generate / sync seconds and the step tokens."""
     rows = [json.loads(x) for x in metrics.read_text().splitlines()]
     steps = [r for r in rows if "step_seconds" in r]
     by_round: dict[int, list[dict]] = {}
     for r in steps:
         by_round.setdefault(int(r.get("rollout/round", r["step"])), []).append(r)
     out, prev_end = [], None
-    start = next((r["time_ms"] for r in rows if "time_ms" in r), None)
+    start = started_ms
     for k in sorted(by_round):
         rs = by_round[k]
         end = rs[-1]["time_ms"]
@@ -70,7 +71,7 @@ def _train(cfg: dict, work: Path, timeout: float) -> tuple[list[dict], float]:
     print("\n".join((proc.stdout + proc.stderr).splitlines()[-25:]), flush=True)
     if proc.returncode != 0:
         raise RuntimeError(f"train exited {proc.returncode} (log {work / 'train.log'})")
-    return _rounds(Path(cfg["dump_dir"]) / "metrics.jsonl"), wall
+    return _rounds(Path(cfg["dump_dir"]) / "metrics.jsonl", t0 * 1e3), wall
 
 
 def _for_proof(cfg: dict, work: Path) -> dict:
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
             rows = [_row("grpo", p.spec.flavor, None, g.max_new_tokens, r) for r in rounds]
             result["warmup"] += rows[:1]
             result["rows"] += rows[1:]
-            result["notes"].append(f"grpo: {len(rounds)} rounds x {g.minibatches} updates in {wall:.0f} s "
+            result["notes"].append(f"grpo: {len(rounds)} rounds x {g.minibatches * g.ppo_epochs} updates in {wall:.0f} s "
                                    f"(process wall, with build and compile)")
         except (RuntimeError, subprocess.TimeoutExpired) as exc:
             result["notes"].append(f"grpo failed: {exc}")

@@ -16,7 +16,7 @@ import json
 from typing import Any
 
 from qwen3_trainer.model import storage
-from qwen3_trainer.platform.posttrain.prepare import FILES
+from qwen3_trainer.platform.posttrain.prepare import FILES, REWARD_MODEL, REWARD_PAIRS, TEACHER_CACHE
 from qwen3_trainer.recipe.graph import GRAPH
 from qwen3_trainer.recipe.presets import Preset
 from qwen3_trainer.recipe.specs import StageSpec
@@ -66,9 +66,15 @@ def _objective(spec: StageSpec) -> dict[str, Any]:
     if obj.name == "grpo":
         params["rewards"] = [{k: v for k, v in r.items() if v not in (None, {})} for r in params["rewards"]]
         params.update(queries=paths["queries"], eval_queries=paths["heldout"])
+        rm = spec.prepare.reward_model if spec.prepare else None
+        if rm is not None:  # trained by the stage's preparation job (prepare_config)
+            params["rewards"].append({"name": "reward_model", "weight": rm.weight,
+                                      "model": f"{{workdir}}/data/{REWARD_MODEL}/hf"})
     else:  # distill_onpolicy: the teacher is the T4 checkpoint, its off-policy responses prepared
         params.update(teacher="{teacher}", prompts=paths["prompts"], offpolicy_data=paths["teacher"],
                       eval_queries=paths["heldout"])
+        if obj.teacher_cache is not None:  # written by the stage's preparation job (prepare_config)
+            params["teacher_cache"] = f"{{workdir}}/data/{TEACHER_CACHE}"
     return {"name": obj.name, "params": params}
 
 
@@ -115,8 +121,32 @@ def prepare_config(spec: StageSpec, preset: Preset) -> dict[str, Any] | None:
         cfg["policy"] = "{init}"      # rejection sampling from the T2 model
     if spec.stage == "D":
         cfg["policy"] = "{teacher}"   # the teacher answers the prompts in both modes
+        if spec.objective.teacher_cache is not None:  # ... then caches its top-k over those answers
+            cfg["teacher_cache"] = spec.objective.teacher_cache.model_dump(mode="json")
+    if spec.prepare.reward_model is not None:  # T4: the reward model, trained from the T3 model first
+        cfg["reward_model"] = {**spec.prepare.reward_model.model_dump(mode="json", include={"dataset", "pairs",
+                                                                                             "eval_share"}),
+                               "train": reward_model_config(spec, preset)}
     if preset.vocab_size:
         cfg["vocab_size"] = preset.vocab_size
+    return cfg
+
+
+def reward_model_config(spec: StageSpec, preset: Preset) -> dict[str, Any]:
+    """The ``TrainConfig`` of T4's reward model (run inside its preparation job): the stage's model,
+    layout and dtype, from the stage's init, on the pairs the job writes under ``data/reward_model``."""
+    rm = spec.prepare.reward_model
+    cfg = train_config(spec, preset)
+    cfg.pop("data", None)
+    folder = f"{{workdir}}/data/{REWARD_MODEL}"
+    cfg["training"].update(steps=rm.steps, micro_batch_size=rm.micro_batch_size, grad_accum=1)
+    cfg["optimizer"]["lr"] = rm.lr
+    cfg["lr"] = {"schedule": "cosine", "warmup_steps": 0, "decay_ratio": 1.0}
+    cfg["checkpoint"].update(dir=f"{folder}/ckpt", interval=rm.steps, keep_last=1, export_hf=f"{folder}/hf")
+    cfg["objective"] = {"name": "reward_model", "params": {
+        "pairs": f"{folder}/{REWARD_PAIRS['train']}",
+        **({"eval_pairs": f"{folder}/{REWARD_PAIRS['eval']}"} if rm.eval_share else {})}}
+    cfg["dump_dir"] = "{dump}/reward_model"
     return cfg
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 
 class _Strict(BaseModel):
@@ -107,6 +107,20 @@ class PretrainData(_Strict):
         return self
 
 
+class RewardModelStep(_Strict):
+    """A step of T4's preparation job: a reward model (platform.posttrain.reward_model, Bradley-Terry on
+    preference pairs) trained from the stage's init (the T3 model); its checkpoint becomes T4's
+    ``reward_model`` reward beside the rule rewards (general RL's model-based rewards, R §4.4)."""
+
+    dataset: str | None = None                  # user preference pairs (prompt, chosen, rejected); None: generated
+    pairs: int = Field(96, gt=0)                # generated: training pairs (from the stage's problems' seed)
+    eval_share: float = Field(0.125, ge=0, lt=1)  # pairs held out for the pair-accuracy check
+    steps: int = Field(20, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    micro_batch_size: int = Field(4, gt=0)      # pairs per micro-batch (each pair is two sequences)
+    weight: float = Field(0.5, gt=0)            # the reward's weight in T4's reward sum
+
+
 class Prepare(_Strict):
     """The data-preparation job of a post-training stage (``qtrain posttrain prepare``).
 
@@ -123,6 +137,7 @@ class Prepare(_Strict):
     teacher_prompts: int = Field(64, gt=0)      # D: prompts the teacher answers (both modes)
     max_new_tokens: int = Field(24, gt=0)       # T3/D: generation length of the policy / teacher
     seed: int = 0
+    reward_model: RewardModelStep | None = None  # T4: train the model-based reward first (R §4.4)
 
 
 class Reward(_Strict):
@@ -165,6 +180,16 @@ class GRPOObjective(_Strict):
     eval_size: int = Field(64, ge=0)
 
 
+class TeacherCacheStep(_Strict):
+    """A step of D's preparation job: the teacher's top-k log-probs over its own responses, cached
+    (platform.posttrain.teacher_cache), so the off-policy phase's forward KL runs no teacher. Costs one
+    teacher forward per response; worth it when the phase revisits its samples or the teacher is large."""
+
+    k: int = Field(64, gt=0)                    # top-k tokens per response position (loss renormalises over them)
+    dtype: Literal["float16", "float32"] = "float16"  # storage of the log-probs
+    batch: int = Field(8, gt=0)                 # sequences per teacher forward
+
+
 class DistillObjective(_Strict):
     """Strong-to-weak distillation (platform.posttrain.distill ``distill_onpolicy``): the off-policy
     phase (``offpolicy_steps`` on the teacher's responses) then on-policy reverse KL."""
@@ -179,6 +204,21 @@ class DistillObjective(_Strict):
     top_p: float = Field(0.95, gt=0, le=1)
     teacher_temperature: float = Field(0.3, gt=0)  # target softmax(teacher / tau) (posttrain run 7)
     eval_size: int = Field(64, ge=0)
+    teacher_cache: TeacherCacheStep | None = None  # off-policy KL from cached top-k (None: live teacher)
+
+    @model_validator(mode="after")
+    def _cache_needs_kl(self) -> DistillObjective:
+        if self.teacher_cache is not None and (self.offpolicy_mode != "kl" or not self.offpolicy_steps):
+            raise ValueError("teacher_cache: caches the off-policy phase's KL target; it needs offpolicy_mode 'kl' "
+                             "and offpolicy_steps > 0")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_cache(self, handler) -> dict[str, Any]:
+        out = handler(self)
+        if self.teacher_cache is None:  # a spec without the step dumps (and hashes) as it did before it existed
+            out.pop("teacher_cache", None)
+        return out
 
 
 class LMObjective(_Strict):
@@ -221,6 +261,8 @@ class StageSpec(_Strict):
         expected = want["S"] if pre else want[self.stage]
         if self.objective.name != expected:
             raise ValueError(f"{self.stage}: objective {self.objective.name!r}; this stage trains {expected!r}")
+        if self.prepare is not None and self.prepare.reward_model is not None and self.stage != "T4":
+            raise ValueError(f"{self.stage}: prepare.reward_model: only T4 (general RL) trains a reward model")
         return self
 
     @property

@@ -25,9 +25,17 @@ options verl and TRL users expect:
   further prompts, at most ``dynamic_sampling_rounds`` extra rounds; every rank then trains the same
   number of groups (the minimum over ranks), so sharded forwards stay in step;
 - log-prob / entropy ``logprob_chunk`` token rows at a time (losses.token_stats): the full-vocabulary
-  fp32 tensor is never held.
+  fp32 tensor is never held;
+- ``free_engine_weights``: the rollout engine's weights are freed after each round's sampling and
+  re-gathered by the next sync (rollouts.PolicyEngine), for a policy whose engine copy does not fit
+  beside training.
 
-Entropy, KL, clip fraction, reward parts, response lengths and verifier errors are logged; held-out
+The reference and any reward / judge model are the trainer's frozen models (``Trainer.load_frozen``):
+sharded like the policy, in the compute dtype, so every rank runs the same number of their forwards.
+
+Entropy, KL, clip fraction, reward parts, response lengths, verifier errors and the round's weight-sync
+generation and log-prob seconds (``rollout/sync_s``, ``rollout/generate_s``, ``rollout/logprob_s``: the
+old and reference log-prob passes) are logged; held-out
 greedy accuracy (``eval_queries``) at the start, every ``eval_interval`` rounds and at the end.
 Params are checked at construction (types, ranges, modes, reward names): a bad one is a one-line
 ValueError naming it, before any model loads.
@@ -46,6 +54,7 @@ import contextlib
 import functools
 import logging
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Annotated, Literal
@@ -184,7 +193,7 @@ class GRPO(BatchProducer):
                  dynamic_sampling: bool = False, dynamic_sampling_rounds: _Count = 2,
                  logprob_chunk: _Pos = losses.CHUNK_ROWS, rewards: list[dict] | None = None,
                  eval_interval: _Count = 0, eval_size: _Count = 64, eval_max_new_tokens: _Pos | None = None,
-                 seed: int = 0):
+                 free_engine_weights: bool = False, seed: int = 0):
         from qwen3_trainer.platform.posttrain.rewards import check_spec
 
         if overlong_buffer > max_new_tokens:
@@ -209,7 +218,7 @@ class GRPO(BatchProducer):
         check_spec(self.reward_spec, "grpo: params.rewards")
         self.eval_interval, self.eval_size = eval_interval, eval_size
         self.eval_max_new_tokens = eval_max_new_tokens or max_new_tokens
-        self.seed = seed
+        self.seed, self.free_engine_weights = seed, free_engine_weights
         self.engine = None  # set by a caller to use a remote engine (vLLM) instead of the local copy
 
     # -- the loss --------------------------------------------------------------------------------
@@ -249,13 +258,15 @@ class GRPO(BatchProducer):
         self.held_out = (load_queries(self.eval_queries, "eval_queries")[: self.eval_size]
                          if self.eval_queries else [])
         self.reward = RewardFunction(self.reward_spec, tokenizer=self.tok, device=trainer.device,
-                                     vocab_size=trainer.model_args.vocab_size)
-        self.policy_engine = rollouts.PolicyEngine(trainer, self.tok, self.engine)
+                                     vocab_size=trainer.model_args.vocab_size, load_model=trainer.load_frozen,
+                                     seq_multiple=trainer.seq_multiple)
+        self.policy_engine = rollouts.PolicyEngine(trainer, self.tok, self.engine,
+                                                   free_weights=self.free_engine_weights)
         if self.kl_coef > 0:
             ref = self.reference or trainer.cfg.init.path
             if not ref:
                 raise ValueError("grpo: kl_coef > 0 needs params.reference or init.path (the reference model)")
-            trainer.ctx.reference = rollouts.frozen_model(ref, trainer.device)
+            trainer.load_reference(ref)
             losses.check_vocab(trainer.model_args.vocab_size, trainer.ctx.reference.model_args.vocab_size,
                                f"reference {ref}")
         self.evaluate(trainer)
@@ -268,9 +279,12 @@ class GRPO(BatchProducer):
             self.policy_engine.sync(trainer)
             ro, rollout_metrics = self._collect(trainer, self.policy_engine, self.tok, self.train_queries,
                                                 self.reward)
+            self.policy_engine.release_weights()
+            t = time.perf_counter()
             batches = self._batches(trainer, self.tok, ro, rollout_metrics)
             rollout_metrics.update({"rollout/verifier_errors": float(self.reward.error_count),
-                                    "rollout/round": float(round_)})
+                                    "rollout/round": float(round_), "rollout/logprob_s": time.perf_counter() - t,
+                                    **self.policy_engine.round_metrics()})
             per_step = max(1, len(batches) // self.minibatches)
             for _ in range(self.ppo_epochs):
                 for start in range(0, len(batches), per_step):
@@ -357,8 +371,8 @@ class GRPO(BatchProducer):
         masks = [[not f for f in forced] for forced in ro.forced]
         batches = rollouts.sequences_to_batches(ro.prompts, ro.tokens, masks, pad_id=tok.pad,
                                                 micro_batch_size=cfg.training.micro_batch_size,
-                                                max_len=cfg.training.seq_len)
-        old = self.logprobs(trainer, trainer.model_parts[0], batches, policy=True)
+                                                max_len=cfg.training.seq_len, multiple_of=trainer.seq_multiple)
+        old = self.logprobs(trainer, None, batches, policy=True)
         for b, lp in zip(batches, old, strict=True):
             b["old_logprobs"] = lp
         scores = torch.tensor(ro.scores)
@@ -384,15 +398,19 @@ class GRPO(BatchProducer):
     @torch.no_grad()
     def logprobs(self, trainer, model, batches, *, policy: bool = False) -> list[torch.Tensor]:
         """log p(label) under softmax(``model``'s logits / temperature), chunked, per micro-batch
-        (0 where ignored); the policy's forward runs under the trainer's autocast, as in its step."""
+        (0 where ignored); ``policy``: the trainer's model through ``trainer.scoring`` (its step's
+        autocast, MoE statistics untouched). Sharded forwards are collectives: this rank runs as many
+        as the busiest rank (the extra ones repeat its last micro-batch, their result dropped)."""
         out = []
-        for b in batches:
-            with trainer.amp() if policy else contextlib.nullcontext():
-                logits = model(b["input_ids"].to(trainer.device))
-            logp, _ = losses.token_stats(logits, b["labels"].to(trainer.device), temperature=self.temperature,
-                                         chunk=self.logprob_chunk)
-            out.append(logp.cpu())
-        return out
+        extra = _agree(trainer, len(batches), "max") - len(batches)
+        with trainer.scoring() if policy else contextlib.nullcontext() as scoring:
+            net = scoring if policy else model
+            for b in batches + batches[-1:] * extra:
+                logits = net(b["input_ids"].to(trainer.device))
+                logp, _ = losses.token_stats(logits, b["labels"].to(trainer.device), temperature=self.temperature,
+                                             chunk=self.logprob_chunk)
+                out.append(logp.cpu())
+        return out[: len(batches)]
 
     def evaluate(self, trainer) -> dict[str, float] | None:
         """Greedy held-out accuracy (math verifier) and format rate of the current policy."""
@@ -402,6 +420,8 @@ class GRPO(BatchProducer):
         metrics = evaluate_accuracy(self.policy_engine, self.tok, self.held_out,
                                     max_new_tokens=self.eval_max_new_tokens, seq_len=trainer.cfg.training.seq_len,
                                     thinking_budget=self.thinking_budget)
+        self.policy_engine.release_weights()
+        self.policy_engine.round_metrics()  # the evaluation's seconds are not a round's
         trainer.log(metrics)
         return metrics
 

@@ -9,7 +9,9 @@ recipe's, recipe.configs.DATA_FILES):
 - T3 fusion: thinking samples rejection-sampled from ``policy`` (the T2 model) on queries, plus
   non-thinking chats, mixed with the mode flags (fusion.py);
 - D: the teacher (``policy``: T4) answers prompts in both modes (the off-policy phase's data), plus
-  the on-policy prompts and held-out queries.
+  the on-policy prompts and held-out queries; with ``teacher_cache`` the same teacher then writes its
+  top-k log-probs over those responses to ``<out>/teacher_cache`` (teacher_cache.py), which the
+  off-policy phase reads instead of running the teacher.
 
 Without ``dataset`` the miniature's generated place-value problems are used. With it, each record is
 checked and a bad one fails the job in one line naming the file, the record and the field. Under
@@ -36,6 +38,31 @@ FILES = {  # what each stage writes (recipe.configs names these paths in the tra
     "T4": {"queries": "queries.jsonl", "heldout": "heldout.jsonl"},
     "D": {"prompts": "prompts.jsonl", "teacher": "teacher_responses.jsonl", "heldout": "heldout.jsonl"},
 }
+TEACHER_CACHE = "teacher_cache"  # D, when asked: the teacher cache's folder under `out`
+REWARD_MODEL = "reward_model"    # T4, when asked: the reward model's folder under `out` (pairs, ckpt, hf)
+REWARD_PAIRS = {"train": "pairs.jsonl", "eval": "pairs_eval.jsonl"}
+
+
+class TeacherCacheOptions(BaseModel):
+    """D: cache the teacher's top-k over its responses (recipe DistillObjective.teacher_cache)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(64, gt=0)                    # top-k tokens per response position
+    dtype: Literal["float16", "float32"] = "float16"  # storage of the log-probs
+    batch: int = Field(8, gt=0)                 # sequences per teacher forward
+
+
+class RewardModelOptions(BaseModel):
+    """T4: train the reward model its GRPO scores with (recipe RewardModelStep; ``train`` is the
+    ``TrainConfig`` recipe.configs.reward_model_config builds: objective reward_model on the pairs here)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str | None = None                  # user preference pairs; None: generated from the problems
+    pairs: int = Field(96, gt=0)
+    eval_share: float = Field(0.125, ge=0, lt=1)
+    train: dict[str, Any]
 
 
 class PrepareConfig(BaseModel):
@@ -58,13 +85,16 @@ class PrepareConfig(BaseModel):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     vocab_size: int | None = None               # unused here (the checkpoint carries it); kept for the hash
+    teacher_cache: TeacherCacheOptions | None = None  # D: also write the teacher cache (at temperature 1)
+    reward_model: RewardModelOptions | None = None    # T4: also train the reward model (after the queries)
 
 
 class RecordError(ValueError):
     """A bad user record: ``file: record N: field: problem``."""
 
 
-REQUIRED = {"queries": ("prompt", "answer"), "prompts": ("prompt",), "chat": ("messages",)}
+REQUIRED = {"queries": ("prompt", "answer"), "prompts": ("prompt",), "chat": ("messages",),
+            "pairs": ("prompt", "chosen", "rejected")}
 
 
 def read_user_records(path: str, kind: str) -> list[dict]:
@@ -185,9 +215,12 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         queries = (read_user_records(cfg.dataset, "queries") if cfg.dataset
                    else [syn.query_record(q) for q in train] if cfg.stage == "T2"
                    else [_general_query(q, rng) for q in train])
-        return {"queries": write(paths["queries"], queries),
-                "heldout": write(paths["heldout"], _heldout(cfg, held, "/no_think" if cfg.stage == "T4" else "")),
-                "files": paths}
+        report = {"queries": write(paths["queries"], queries),
+                  "heldout": write(paths["heldout"], _heldout(cfg, held, "/no_think" if cfg.stage == "T4" else "")),
+                  "files": paths}
+        if cfg.stage == "T4" and cfg.reward_model is not None:
+            report["reward_model"] = _reward_model(cfg, write)
+        return report
     if cfg.stage == "T3":
         return {**_fusion(cfg, train, paths, write), "files": paths}
     return {**_distill(cfg, train, held, paths, write), "files": paths}
@@ -234,6 +267,51 @@ def _general_query(q, rng: random.Random) -> dict:
     return rec
 
 
+def _reward_model(cfg: PrepareConfig, write) -> dict[str, Any]:
+    """T4: preference pairs (the user's, or generated: a worked answer over a wrong, unboxed or rambling
+    one) under ``<out>/reward_model``, then the reward model trained on them in this job (all ranks:
+    the trainer's own process group) and exported to ``<out>/reward_model/hf``; a retried job resumes
+    its training from ``<out>/reward_model/ckpt``."""
+    from qwen3_trainer.model import storage
+    from qwen3_trainer.platform.data import synthetic as syn
+    from qwen3_trainer.platform.train import parallel
+    from qwen3_trainer.platform.train.config import TrainConfig
+    from qwen3_trainer.platform.train.run import train
+
+    rm = cfg.reward_model
+    raw = dict(rm.train)
+    if "{dump}" in str(raw.get("dump_dir", "")):  # the plan leaves the job's local log folder to the job
+        import tempfile
+
+        raw["dump_dir"] = tempfile.mkdtemp(prefix="qtrain-reward-model-")
+    tcfg = TrainConfig.model_validate(raw)
+    if tcfg.objective.name != "reward_model":
+        raise ValueError(f"reward_model.train.objective: {tcfg.objective.name!r}; this step trains 'reward_model'")
+    if rm.dataset:
+        pairs = read_user_records(rm.dataset, "pairs")
+    else:
+        rng = random.Random(cfg.seed + 2)
+        pairs = [syn.preference_record(p, rng) for p in syn.problems(rm.pairs, seed=cfg.seed + 2,
+                                                                      difficulties=cfg.difficulties)]
+    n_eval = int(len(pairs) * rm.eval_share)
+    if len(pairs) - n_eval < 1:
+        raise RecordError(f"{rm.dataset or 'reward_model'}: no training pairs left after eval_share {rm.eval_share}")
+    folder = storage.join(cfg.out, REWARD_MODEL)
+    files = {"train": storage.join(folder, REWARD_PAIRS["train"]), "eval": storage.join(folder, REWARD_PAIRS["eval"])}
+    counts = {"pairs": write(files["train"], pairs[n_eval:])}
+    if n_eval:
+        counts["eval_pairs"] = write(files["eval"], pairs[:n_eval])
+    env = parallel.DistEnv.from_env()
+    if env.world_size > 1:  # the other ranks read the pairs rank 0 wrote: meet in the trainer's own group
+        import torch.distributed as dist
+
+        parallel.init_process_group(env, parallel.resolve_device(tcfg, env))
+        dist.barrier()
+    summary = train(tcfg, env)
+    return {**counts, "checkpoint": tcfg.checkpoint.export_hf,
+            **{k: v for k, v in summary.items() if isinstance(v, int | float)}}
+
+
 def _fusion(cfg: PrepareConfig, train, paths, write) -> dict[str, Any]:
     from qwen3_trainer.model.generation import LocalRolloutEngine
     from qwen3_trainer.model.tokenizer import load_tokenizer
@@ -270,10 +348,19 @@ def _distill(cfg: PrepareConfig, train, held, paths, write) -> dict[str, Any]:
 
     queries = (read_user_records(cfg.dataset, "prompts") if cfg.dataset else [syn.query_record(q) for q in train])
     tok = load_tokenizer()
-    records, stats = teacher_responses(_load(cfg.policy, cfg), tok, _shard(queries[: cfg.teacher_prompts]),
+    teacher = _load(cfg.policy, cfg)
+    records, stats = teacher_responses(teacher, tok, _shard(queries[: cfg.teacher_prompts]),
                                        max_new_tokens=cfg.max_new_tokens, seq_len=cfg.seq_len, verify=False)
     records = _gather(records)
     write(paths["teacher"], records)
     write(paths["prompts"], queries)
     write(paths["heldout"], _heldout(cfg, held))
-    return {"teacher_responses": len(records), "teacher": dict(stats)}
+    report = {"teacher_responses": len(records), "teacher": dict(stats)}
+    if cfg.teacher_cache is not None:  # the off-policy phase's forward KL is at temperature 1
+        from qwen3_trainer.model import storage
+        from qwen3_trainer.platform.posttrain.teacher_cache import TeacherCacheConfig, write_cache
+
+        report["teacher_cache"] = write_cache(TeacherCacheConfig(
+            teacher=cfg.policy, data=paths["teacher"], out=storage.join(cfg.out, TEACHER_CACHE), seq_len=cfg.seq_len,
+            device=cfg.device, overwrite=True, **cfg.teacher_cache.model_dump()), model=teacher)
+    return report

@@ -1,7 +1,8 @@
 """Objective ``reward_model``: a Qwen3 backbone + scalar head trained on preference pairs (Bradley–Terry).
 
 The scalar head is one row of the output projection: row ``REWARD_HEAD_ID`` (151935, the last of the
-vocabulary's padding rows, which no tokenizer id reaches) maps the final normed hidden state of the
+vocabulary's padding rows, which no tokenizer id reaches; ``<|vision_pad|>``'s row in a vocabulary cut
+to the tokenizer, rewards.reward_head_id) maps the final normed hidden state of the
 last token to the reward. It is a plain linear head on the backbone that needs no new module, so
 the reward model saves, loads, shards and exports (HF / DCP) exactly like the policy.
 
@@ -24,7 +25,7 @@ from pydantic import ConfigDict, validate_call
 
 from qwen3_trainer.platform.posttrain import losses
 from qwen3_trainer.platform.posttrain.grpo import one_line_params_error
-from qwen3_trainer.platform.posttrain.rewards import REWARD_HEAD_ID, reward_scores, score_ids
+from qwen3_trainer.platform.posttrain.rewards import reward_head_id, reward_scores, score_ids
 from qwen3_trainer.platform.train.objectives import BatchProducer
 
 log = logging.getLogger("qwen3_trainer.posttrain")
@@ -65,9 +66,12 @@ def load_pairs(paths, tokenizer, max_len: int) -> list[tuple[list[int], list[int
     return pairs
 
 
-def pair_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+def pair_batch(pairs: list[tuple[list[int], list[int]]], pad_id: int, multiple_of: int = 1) -> dict[str, torch.Tensor]:
+    """Chosen rows then rejected rows, right-padded to a multiple of ``multiple_of`` (sequence parallelism);
+    ``last``: each row's last real token."""
     seqs = [c for c, _ in pairs] + [r for _, r in pairs]
     width = max(map(len, seqs))
+    width += -width % multiple_of
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     for j, s in enumerate(seqs):
         ids[j, : len(s)] = torch.tensor(s)
@@ -87,12 +91,10 @@ class RewardModelObjective(BatchProducer):
         return int(batch["input_ids"].shape[0] // 2)  # pairs
 
     def loss(self, logits, batch, normalizer, ctx):
-        if logits.shape[-1] <= REWARD_HEAD_ID:
-            raise ValueError(f"reward_model: the vocabulary has {logits.shape[-1]} rows; the scalar head is row "
-                             f"{REWARD_HEAD_ID} (use the full Qwen3 vocabulary)")
+        head = reward_head_id(logits.shape[-1])
         n = logits.shape[0] // 2
         rows = torch.arange(logits.shape[0], device=logits.device)
-        r = logits[rows, batch["last"], REWARD_HEAD_ID].float()
+        r = logits[rows, batch["last"], head].float()
         bt = losses.bradley_terry(r[:n], r[n:])
         margin = (r[:n] - r[n:]).detach()
         return bt.sum() / normalizer, {"pairs": float(n), "correct": float((margin > 0).sum()),
@@ -117,7 +119,8 @@ class RewardModelObjective(BatchProducer):
             order = random.Random(self.seed * 1_000_003 + trainer.step).sample(range(len(train)), len(train))
             picked = [train[order[i % len(order)]] for i in range(per_step)]
             mine = picked[trainer.dp_rank * mb * accum: (trainer.dp_rank + 1) * mb * accum]
-            yield [pair_batch(mine[i: i + mb], self.tok.pad) for i in range(0, len(mine), mb)], {}
+            yield [pair_batch(mine[i: i + mb], self.tok.pad, trainer.seq_multiple)
+                   for i in range(0, len(mine), mb)], {}
 
     def step_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         m = dict(metrics)
@@ -133,7 +136,9 @@ class RewardModelObjective(BatchProducer):
     def evaluate(self, trainer) -> None:
         if not self.held:
             return
-        model = trainer.model_parts[0]
-        chosen = reward_scores(model, [c for c, _ in self.held], self.tok.pad, trainer.device)
-        rejected = reward_scores(model, [r for _, r in self.held], self.tok.pad, trainer.device)
+        with trainer.scoring() as model:  # every rank scores the whole held-out set: the same forwards
+            chosen = reward_scores(model, [c for c, _ in self.held], self.tok.pad, trainer.device,
+                                   multiple_of=trainer.seq_multiple)
+            rejected = reward_scores(model, [r for _, r in self.held], self.tok.pad, trainer.device,
+                                     multiple_of=trainer.seq_multiple)
         trainer.log({"eval/pair_accuracy": float((chosen > rejected).float().mean())})

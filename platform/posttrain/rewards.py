@@ -15,7 +15,9 @@ Model-based, each scoring a batch of responses per forward (``params.batch`` row
 ``reward_model``; no reference answer) and ``judge`` (a generative Qwen3 asked whether the response
 gives the record's reference ``answer``, or, for a record without one, whether it is correct; the
 reward is p(yes) / (p(yes) + p(no)) at the next token). The checkpoint is ``model`` (or
-``params.path``): a HF directory or DCP checkpoint, local or s3://.
+``params.path``): a HF directory or DCP checkpoint, local or s3://. Inside a training job the model
+is the trainer's (``load_model=Trainer.load_frozen``: sharded like the policy), so scoring is
+collective: every rank runs as many forwards as the busiest one (``last_token_logits``).
 
 ``check_spec`` validates a spec without loading anything (names, keys, types), so an objective can
 reject a bad one at construction. Every rule component is wrapped in ``SafeReward``: one that raises
@@ -34,6 +36,18 @@ from qwen3_trainer.platform.posttrain import verifiers
 from qwen3_trainer.platform.posttrain.verifiers import SafeReward
 
 REWARD_HEAD_ID = 151935  # the last padding row of Qwen3's 151,936-row vocabulary: never an input id
+VISION_PAD_ID = 151654   # <|vision_pad|>: a vision placeholder that text never contains
+
+
+def reward_head_id(vocab_size: int) -> int:
+    """The output row a reward model's scalar comes from: the last padding row of the full vocabulary,
+    or ``<|vision_pad|>``'s row in a vocabulary cut to the tokenizer (the miniature's 151,669 rows)."""
+    if vocab_size > REWARD_HEAD_ID:
+        return REWARD_HEAD_ID
+    if vocab_size <= VISION_PAD_ID:
+        raise ValueError(f"reward_model: the vocabulary has {vocab_size} rows; the scalar head needs row "
+                         f"{REWARD_HEAD_ID} (or {VISION_PAD_ID}); use the Qwen3 vocabulary")
+    return VISION_PAD_ID
 
 
 def _constraint_ok(c: dict, answer: str) -> bool:
@@ -66,21 +80,30 @@ def instruction_reward(record: dict, response: str) -> float:
     return sum(_constraint_ok(c, answer) for c in constraints) / len(constraints)
 
 
+def _load(path: str, device, load_model):
+    if load_model is not None:
+        return load_model(path)
+    from qwen3_trainer.platform.posttrain.rollouts import frozen_model
+
+    return frozen_model(path, device)
+
+
 class RewardModelScorer:
     """Scores (prompt, response) with a reward model: the head row's logit at the last token."""
 
-    def __init__(self, path: str, tokenizer, device, vocab_size: int, batch: int = 16):
+    def __init__(self, path: str, tokenizer, device, vocab_size: int, batch: int = 16, *, load_model=None,
+                 seq_multiple: int = 1):
         from qwen3_trainer.platform.posttrain.losses import check_vocab
-        from qwen3_trainer.platform.posttrain.rollouts import frozen_model
 
-        self.model = frozen_model(path, device)
+        self.model = _load(path, device, load_model)
         check_vocab(vocab_size, self.model.model_args.vocab_size, f"reward model {path}")
-        self.tokenizer, self.device, self.batch = tokenizer, device, batch
+        self.tokenizer, self.device, self.batch, self.multiple = tokenizer, device, batch, seq_multiple
 
     @torch.no_grad()
     def __call__(self, records: list[dict], responses: list[str], _thinking) -> list[float]:
         seqs = [score_ids(self.tokenizer, r["prompt"], resp) for r, resp in zip(records, responses, strict=True)]
-        return [float(s) for s in reward_scores(self.model, seqs, self.tokenizer.pad, self.device, self.batch)]
+        return [float(s) for s in reward_scores(self.model, seqs, self.tokenizer.pad, self.device, self.batch,
+                                                multiple_of=self.multiple)]
 
 
 def score_ids(tokenizer, prompt: list[dict], response: str) -> list[int]:
@@ -90,15 +113,30 @@ def score_ids(tokenizer, prompt: list[dict], response: str) -> list[int]:
     return tokenizer.encode(apply_chat_template([*prompt, {"role": "assistant", "content": response}]))
 
 
+def _busiest(n: int, device) -> int:
+    """``n``'s maximum over every rank (``n`` itself outside a process group of several ranks)."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return n
+    t = torch.tensor([n], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
 def last_token_logits(model, seqs: list[list[int]], pad_id: int, device, rows: list[int],
-                      batch: int = 16) -> torch.Tensor:
+                      batch: int = 16, *, multiple_of: int = 1) -> torch.Tensor:
     """[len(seqs), len(rows)]: the logits of vocabulary ``rows`` at each sequence's last real token,
     ``batch`` right-padded sequences per forward (causal attention: the padding after a sequence's
-    last token does not change it)."""
+    last token does not change it; widths padded to a multiple of ``multiple_of``, the sequence-parallel
+    degree). A sharded model's forward is a collective: this rank runs as many forwards as the busiest
+    rank (the extra ones on one row of padding, their logits dropped)."""
     out = []
-    for i in range(0, len(seqs), batch):
-        chunk = seqs[i: i + batch]
+    chunks = [seqs[i: i + batch] for i in range(0, len(seqs), batch)]
+    extra = _busiest(len(chunks), device) - len(chunks)
+    for chunk in chunks + [[[pad_id]]] * extra:
         width = max(map(len, chunk))
+        width += -width % multiple_of
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         for j, s in enumerate(chunk):
             ids[j, : len(s)] = torch.tensor(s)
@@ -106,12 +144,14 @@ def last_token_logits(model, seqs: list[list[int]], pad_id: int, device, rows: l
         last = torch.tensor([len(s) - 1 for s in chunk], device=logits.device)
         picked = logits[torch.arange(len(chunk), device=logits.device), last]
         out.append(picked[:, torch.tensor(rows, device=logits.device)].float().cpu())
-    return torch.cat(out)
+    return torch.cat(out[: len(chunks)]) if chunks else torch.zeros((0, len(rows)))
 
 
-def reward_scores(model, seqs: list[list[int]], pad_id: int, device, batch: int = 16) -> torch.Tensor:
+def reward_scores(model, seqs: list[list[int]], pad_id: int, device, batch: int = 16, *,
+                  multiple_of: int = 1) -> torch.Tensor:
     """Scalar reward per sequence: the head row's logit at each sequence's last real token."""
-    return last_token_logits(model, seqs, pad_id, device, [REWARD_HEAD_ID], batch)[:, 0]
+    row = reward_head_id(model.model_args.vocab_size)
+    return last_token_logits(model, seqs, pad_id, device, [row], batch, multiple_of=multiple_of)[:, 0]
 
 
 JUDGE_PROMPT = ("Question: {question}\nReference answer: {reference}\nResponse: {response}\n"
@@ -123,13 +163,13 @@ JUDGE_PROMPT_NO_REFERENCE = ("Question: {question}\nResponse: {response}\n"
 class JudgeScorer:
     """A generative judge: p(yes) among {yes, no} as the next token, ``batch`` responses per forward."""
 
-    def __init__(self, path: str, tokenizer, device, vocab_size: int, batch: int = 16):
+    def __init__(self, path: str, tokenizer, device, vocab_size: int, batch: int = 16, *, load_model=None,
+                 seq_multiple: int = 1):
         from qwen3_trainer.platform.posttrain.losses import check_vocab
-        from qwen3_trainer.platform.posttrain.rollouts import frozen_model
 
-        self.model = frozen_model(path, device)
+        self.model = _load(path, device, load_model)
         check_vocab(vocab_size, self.model.model_args.vocab_size, f"judge model {path}")
-        self.tokenizer, self.device, self.batch = tokenizer, device, batch
+        self.tokenizer, self.device, self.batch, self.multiple = tokenizer, device, batch, seq_multiple
         self.yes, self.no = tokenizer.encode("yes")[0], tokenizer.encode("no")[0]
 
     def prompt_ids(self, record: dict, response: str) -> list[int]:
@@ -147,7 +187,7 @@ class JudgeScorer:
     def __call__(self, records: list[dict], responses: list[str], _thinking) -> list[float]:
         seqs = [self.prompt_ids(rec, resp) for rec, resp in zip(records, responses, strict=True)]
         pair = last_token_logits(self.model, seqs, self.tokenizer.pad, self.device, [self.yes, self.no],
-                                 self.batch)
+                                 self.batch, multiple_of=self.multiple)
         return pair.softmax(-1)[:, 0].tolist()
 
 
@@ -196,18 +236,22 @@ def check_spec(spec, where: str = "rewards") -> None:
 class RewardFunction:
     """The weighted sum of the spec's components; per-component means and error counts are kept."""
 
-    def __init__(self, spec: list[dict[str, Any]], *, tokenizer=None, device="cpu", vocab_size: int | None = None):
+    def __init__(self, spec: list[dict[str, Any]], *, tokenizer=None, device="cpu", vocab_size: int | None = None,
+                 load_model=None, seq_multiple: int = 1):
+        """``load_model``: path -> frozen model (``Trainer.load_frozen`` in a job; default: one device,
+        unsharded); ``seq_multiple``: the width multiple its forwards need (``Trainer.seq_multiple``)."""
         check_spec(spec)
         self.parts: list[tuple[str, float, Any]] = []
+        placing = {"load_model": load_model, "seq_multiple": seq_multiple}
         for item in spec:
             name, weight, params = item["name"], float(item.get("weight", 1.0)), dict(item.get("params", {}))
             if item.get("model"):
                 params["path"] = item["model"]
-            self.parts.append((name, weight, self._build(name, params, tokenizer, device, vocab_size)))
+            self.parts.append((name, weight, self._build(name, params, tokenizer, device, vocab_size, placing)))
         self.last: dict[str, float] = {}
 
     @staticmethod
-    def _build(name, params, tokenizer, device, vocab_size):
+    def _build(name, params, tokenizer, device, vocab_size, placing):
         if name == "math":
             return SafeReward(lambda rec, resp, think: verifiers.math_reward(resp, rec["answer"], **params), name)
         if name == "format":
@@ -215,7 +259,7 @@ class RewardFunction:
         if name == "instruction":
             return SafeReward(lambda rec, resp, think: instruction_reward(rec, resp), name)
         cls = RewardModelScorer if name == "reward_model" else JudgeScorer
-        return cls(params["path"], tokenizer, device, vocab_size, params.get("batch", 16))
+        return cls(params["path"], tokenizer, device, vocab_size, params.get("batch", 16), **placing)
 
     def __call__(self, records: list[dict], responses: list[str], thinking: list[bool]) -> list[float]:
         total = [0.0] * len(responses)

@@ -12,7 +12,8 @@ Post-training objectives (GRPO, distillation, reward model) register themselves 
 (``ctx.reference``) and per-token weights (``batch["weights"]``). Those that make their own batches
 (rollouts, on-policy samples, preference pairs) subclass ``BatchProducer``: the trainer's one loop
 (``Trainer.fit``: resume, per-step logging, checkpoint cadence, finish) asks them for each step's
-batches instead of reading its data loader.
+batches instead of reading its data loader; ranks may produce different numbers and widths of
+micro-batches (``Trainer.align_micro_batches`` evens them out).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class ObjectiveContext:
 
     reference: torch.nn.Module | None = None  # frozen reference / teacher (its own placement)
     step: int = 0
+    # path -> a frozen model placed like the policy (Trainer.load_frozen); None: one device, unsharded
+    load_frozen: Callable[[str], torch.nn.Module] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 

@@ -105,15 +105,22 @@ def build_parallel_dims(cfg: TrainConfig, world_size: int):
     return dims
 
 
-def apply_fsdp(model: nn.Module, parallel_dims, param_dtype: torch.dtype, pp_enabled: bool) -> None:
-    """FSDP2 / HSDP on a (TP/EP-sharded) Qwen3 model, tied-embedding aware."""
+def apply_fsdp(model: nn.Module, parallel_dims, param_dtype: torch.dtype | None, pp_enabled: bool, *,
+               frozen: bool = False) -> None:
+    """FSDP2 / HSDP on a (TP/EP-sharded) Qwen3 model, tied-embedding aware. ``frozen`` (a model that
+    only runs forwards): every group reshards after its forward, the root's too (FSDP keeps the root
+    gathered after forward by default, since training's backward needs it at once), and a layout
+    without dp_shard shards over dp_replicate instead of replicating."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     from torch.distributed.tensor import Shard
 
-    names = ["dp_replicate", "fsdp"] if parallel_dims.dp_replicate_enabled else ["fsdp"]
+    if frozen and not parallel_dims.fsdp_enabled:
+        names = ["dp_replicate"]
+    else:
+        names = ["dp_replicate", "fsdp"] if parallel_dims.dp_replicate_enabled else ["fsdp"]
     mesh = parallel_dims.get_mesh(names)
     cfg = {"mesh": mesh, "mp_policy": MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)}
-    reshard = not pp_enabled
+    reshard = frozen or not pp_enabled
     tied = getattr(model, "enable_weight_tying", False) and model.tok_embeddings is not None
     if model.tok_embeddings is not None and not tied:
         fully_shard(model.tok_embeddings, **cfg, reshard_after_forward=reshard)
@@ -128,10 +135,12 @@ def apply_fsdp(model: nn.Module, parallel_dims, param_dtype: torch.dtype, pp_ena
                         shard_placement_fn=placement)
         fully_shard(block, **cfg, reshard_after_forward=reshard)
     if not tied and model.norm is not None and model.output is not None:
-        fully_shard([model.norm, model.output], **cfg, reshard_after_forward=False)
+        fully_shard([model.norm, model.output], **cfg, reshard_after_forward=frozen)
     # Tied: the shared embedding/output weight (and the final norm) stay in the root group, so the
     # one parameter is managed by exactly one FSDP group and reduced once after the whole backward.
-    fully_shard(model, **cfg)
+    fully_shard(model, **cfg, reshard_after_forward=True if frozen else None)
+    if frozen:
+        return
     from torch.distributed.fsdp import FSDPModule
 
     for module in model.modules():
@@ -140,11 +149,11 @@ def apply_fsdp(model: nn.Module, parallel_dims, param_dtype: torch.dtype, pp_ena
     cpu_compat.use_sum_reduction_on_gloo(model)
 
 
-def parallelize(model: nn.Module, parallel_dims, job_config, cfg: TrainConfig) -> nn.Module:
-    """TP -> EP -> activation checkpointing -> compile -> FSDP, each from torchtitan."""
-    from torchtitan.distributed.activation_checkpoint import apply_ac
-    from torchtitan.models.llama4.infra.parallelize import apply_compile, apply_moe_ep_tp
-    from torchtitan.models.qwen3.infra.parallelize import _op_sac_save_list, apply_non_moe_tp
+def apply_tp_ep(model: nn.Module, parallel_dims) -> None:
+    """Tensor / sequence parallelism and expert parallelism, torchtitan's (full logits on every TP rank:
+    no loss parallelism)."""
+    from torchtitan.models.llama4.infra.parallelize import apply_moe_ep_tp
+    from torchtitan.models.qwen3.infra.parallelize import apply_non_moe_tp
 
     if parallel_dims.tp_enabled:
         apply_non_moe_tp(model, parallel_dims.get_mesh("tp"), loss_parallel=False,
@@ -156,6 +165,28 @@ def parallelize(model: nn.Module, parallel_dims, job_config, cfg: TrainConfig) -
                         ep_mesh=parallel_dims.get_optional_mesh("ep"),
                         etp_mesh=parallel_dims.get_optional_mesh("etp"),
                         ep_etp_mesh=parallel_dims.get_optional_mesh(["ep", "etp"]), dual_pipe_v=False)
+
+
+def parallelize_frozen(model: nn.Module, parallel_dims) -> nn.Module:
+    """A frozen model (reference, teacher, reward model: forwards only, no optimizer) placed like the
+    policy: the same TP / EP, then FSDP over the data-parallel ranks, resharded after every forward,
+    in the dtype it was built in (no mixed-precision cast: build it in the compute dtype). A rank
+    holds its shard between forwards and one block's full weights during one."""
+    if parallel_dims.pp_enabled:
+        raise ValueError("frozen models are not placed under pipeline parallelism")
+    apply_tp_ep(model, parallel_dims)
+    if parallel_dims.fsdp_enabled or parallel_dims.dp_replicate_enabled:
+        apply_fsdp(model, parallel_dims, None, False, frozen=True)
+    return model
+
+
+def parallelize(model: nn.Module, parallel_dims, job_config, cfg: TrainConfig) -> nn.Module:
+    """TP -> EP -> activation checkpointing -> compile -> FSDP, each from torchtitan."""
+    from torchtitan.distributed.activation_checkpoint import apply_ac
+    from torchtitan.models.llama4.infra.parallelize import apply_compile
+    from torchtitan.models.qwen3.infra.parallelize import _op_sac_save_list
+
+    apply_tp_ep(model, parallel_dims)
     if parallel_dims.tp_enabled and not parallel_dims.ep_enabled:
         sum_router_score_grads(model, parallel_dims.get_mesh("tp").get_group())
     if cfg.activation_checkpointing != "none":

@@ -7,8 +7,11 @@ Around them: global-token loss normalisation, the global-batch MoE balancing los
 checkpoints with exact resume (model, optimizer, LR, data position, RNG), and tracking.
 
 Hooks for post-training (platform/posttrain): ``train_step(batches)`` takes externally produced
-micro-batches (rollouts); objectives may weight tokens (``batch["weights"]``) and use a frozen
-reference/teacher model placed with its own parallelism (``load_reference``).
+micro-batches (rollouts; ``fit`` pads a producer's micro-batches so that every rank runs the same
+number of forwards, each as wide as sequence parallelism needs); objectives may weight tokens
+(``batch["weights"]``), score with the policy outside a step (``scoring``) and use frozen models —
+reference, teacher, reward model — built from their own checkpoints and placed like the policy
+(``load_frozen``: the same TP/EP, FSDP over the data-parallel ranks, in the compute dtype).
 """
 
 from __future__ import annotations
@@ -56,9 +59,17 @@ class Trainer:
 
         self.model_args = self._model_args()
         self.objective = build_objective(cfg.objective.name, cfg.objective.params)
+        # compiled blocks under a producer (rollout widths change every micro-batch): widths in buckets
+        # and one static graph per bucket. Dynamo's automatic dynamic shapes (its answer to the second
+        # width) failed in inductor's codegen for Qwen3-1.7B GRPO (H200, torch 2.11, 'list indices must be
+        # integers or slices, not NoneType'); static buckets also keep the fastest kernels.
+        self._static_widths = bool(cfg.compile and self.device.type == "cuda" and isinstance(self.objective,
+                                                                                              BatchProducer))
+        if self._static_widths:  # RoPE rows for the widest bucket
+            self.model_args.max_seq_len = -(-self.model_args.max_seq_len // COMPILE_WIDTH) * COMPILE_WIDTH
         if cfg.compile and hasattr(self.objective, "compile"):
             self.objective.compile()  # fuse the fp32 up-cast + log-softmax over the 151,936 logits
-        self.ctx = ObjectiveContext()
+        self.ctx = ObjectiveContext(load_frozen=self.load_frozen)
         self._build_model()
         self._build_optim()
         self.balancer = None
@@ -68,6 +79,10 @@ class Trainer:
             self.balancer = GlobalBatchLoadBalancer(self.model_parts, cfg.moe.coeff, self._loss_group())
         self.dp_world = self.dims["dp_replicate"] * self.dims["dp_shard"]
         self.dp_rank = self.pdims.get_mesh("batch").get_local_rank() if self.dp_world > 1 else 0
+        # sequence parallelism shards activations along the sequence: a micro-batch's width must divide
+        self.seq_multiple = self.dims["tp"] * (2 * self.dims["cp"] if self.dims["cp"] > 1 else 1)
+        if self._static_widths:
+            self.seq_multiple = math.lcm(self.seq_multiple, COMPILE_WIDTH)
         self.loader = loader
         self.step = 0
         self.history: list[dict[str, Any]] = []
@@ -146,7 +161,7 @@ class Trainer:
 
         init = self.cfg.init
         if init.path:
-            self._load_init_checkpoint(init.path, init.format)
+            self._load_weights(self.model_parts, init.path, init.format)
             return
         if count_params(self.model_args).total <= FULL_INIT_MAX_PARAMS:
             # the same seeded full init on every rank: any parallelism starts from identical weights
@@ -160,7 +175,10 @@ class Trainer:
                 for part in self.model_parts:
                     part.init_weights(buffer_device=self.device)
 
-    def _load_init_checkpoint(self, path: str, fmt: str) -> None:
+    def _load_weights(self, parts: list[torch.nn.Module], path: str, fmt: str, *, frozen: bool = False) -> None:
+        """A checkpoint's weights into (sharded) ``parts``: DCP reads each rank's shards; HF is read
+        whole on the host (a frozen model's at the file's dtype, not as an fp32 model) and each rank
+        keeps its shards."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
         from qwen3_trainer.model import storage
@@ -170,14 +188,14 @@ class Trainer:
         if fmt == "auto":
             fmt = "dcp" if storage.exists(storage.join(path, ".metadata")) else "hf"
         if fmt == "hf":
-            full = from_hf(path, device="cpu").state_dict()
-            for part in self.model_parts:
+            full = _hf_titan_state(path, parts[0].model_args) if frozen else from_hf(path, device="cpu").state_dict()
+            for part in parts:
                 set_model_state_dict(part, full, options=StateDictOptions(full_state_dict=True, strict=False))
             return
         import torch.distributed.checkpoint as dcp
         from torchtitan.components.checkpoint import ModelWrapper
 
-        wrapper = ModelWrapper(self.model_parts)
+        wrapper = ModelWrapper(parts)
         dcp.load({MODEL_KEY: wrapper}, storage_reader=reader(path), checkpoint_id=path)
 
     def _build_optim(self) -> None:
@@ -192,19 +210,59 @@ class Trainer:
         if self.converters is not None:
             self.optimizers.register_step_post_hook(lambda *a, **k: self.converters.post_optimizer_hook(self.model_parts))
 
-    def load_reference(self, path: str) -> torch.nn.Module:
-        """A frozen reference/teacher model from a HF or DCP checkpoint, placed on this device
-        (replicated; teachers larger than one device shard with their own FSDP mesh in
-        ``posttrain``). Set as ``ctx.reference`` for objectives that need it."""
-        from qwen3_trainer.model import storage
-        from qwen3_trainer.model.dcp_io import load_model_dcp
-        from qwen3_trainer.model.hf_interop import from_hf
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype the policy's forward computes in (bf16 under mixed precision or pure bf16)."""
+        t = self.cfg.training
+        return torch.bfloat16 if "bfloat16" in (t.param_dtype, t.dtype) else torch.float32
 
-        is_dcp = storage.exists(storage.join(path, ".metadata"))
-        ref = load_model_dcp(path, device=self.device) if is_dcp else from_hf(path, device=self.device)
-        ref.eval().requires_grad_(False)
-        self.ctx.reference = ref
-        return ref
+    def load_frozen(self, path: str) -> torch.nn.Module:
+        """A frozen model (reference, teacher, reward model, judge) from a HF or DCP checkpoint (local or
+        s3://), of whatever shape its config.json gives (a teacher may be larger than the policy), placed
+        like the policy: its TP/EP, then FSDP over the data-parallel ranks resharded after each forward
+        (``parallel.parallelize_frozen``), its weights stored in the compute dtype — never a full fp32
+        copy per rank. Its forwards are then collectives: every rank must run the same number of them."""
+        from qwen3_trainer.model import storage
+        from qwen3_trainer.model.hf_interop import args_from_hf_config
+        from qwen3_trainer.model.rope_scaling import apply_rope_scaling, rope_scaling_of
+
+        if not storage.exists(path):
+            raise FileNotFoundError(f"checkpoint {path} does not exist")
+        args = args_from_hf_config(_read_json(storage.join(path, "config.json")))
+        args.max_seq_len = max(args.max_seq_len, self.model_args.max_seq_len)  # RoPE rows for the step's widths
+        model = build_model(args, device="meta", init=False, compute_device=self.device, dtype=self.compute_dtype)
+        parallel.parallelize_frozen(model, self.pdims)
+        model.to_empty(device=self.device)
+        init_buffers(model, self.device)
+        retie(model)
+        if rope_scaling_of(model) is not None:
+            apply_rope_scaling(model, rope_scaling_of(model))
+        self._load_weights([model], path, "auto", frozen=True)
+        model.eval().requires_grad_(False)
+        local = sum(_local(p).numel() * p.element_size() for p in model.parameters()) / 2**30
+        log.info("frozen model %s: %.3g B params, %.3g GiB on this rank (%s)", storage.redact(path),
+                 sum(p.numel() for p in model.parameters()) / 1e9, local, str(self.compute_dtype).split(".")[-1])
+        return model
+
+    def load_reference(self, path: str) -> torch.nn.Module:
+        """``load_frozen``, set as ``ctx.reference`` (the reference / teacher of the objective's loss)."""
+        self.ctx.reference = self.load_frozen(path)
+        return self.ctx.reference
+
+    @contextlib.contextmanager
+    def scoring(self):
+        """The policy for forwards outside a training step (old log-probs, evaluations): no autograd, the
+        step's autocast, and no trace in the MoE statistics (the balancer's per-step counts are reset by
+        the next step; the experts' token counters, which aux-free balancing reads, are put back)."""
+        counters = [(moe, moe.tokens_per_expert.clone()) for part in self.model_parts for moe in _moes(part)]
+        if self.balancer is not None:
+            self.balancer.step_begin(1)  # its hooks need a step open; train_step opens a fresh one
+        try:
+            with torch.no_grad(), self.amp(), self._widths():
+                yield self.model_parts[0]
+        finally:
+            for moe, saved in counters:
+                moe.tokens_per_expert.copy_(saved)
 
     # -- helpers -------------------------------------------------------------------------------
     def _loss_group(self):
@@ -218,33 +276,58 @@ class Trainer:
             dist.all_reduce(value, group=group)
         return value
 
+    def _sum_over_dp(self, sums: dict[str, Any]) -> dict[str, float]:
+        keys = sorted(sums)
+        if not keys:
+            return {}
+        packed = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=self.device).reshape(())
+                              for k in keys])
+        return dict(zip(keys, self._all_reduce(packed).tolist(), strict=True))
+
+    def _widths(self):
+        """Dynamo's settings for the bucketed widths: a static graph per bucket (no automatic dynamic
+        shapes) and room for every bucket of the sequence length in the recompile limit."""
+        if not self._static_widths:
+            return contextlib.nullcontext()
+        cfg = torch._dynamo.config
+        limit = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+        buckets = -(-self.cfg.training.seq_len // COMPILE_WIDTH) + 1
+        return cfg.patch(**{"automatic_dynamic_shapes": False, limit: max(getattr(cfg, limit), 2 * buckets)})
+
     def _forward(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = batch["input_ids"]
-        if self.model_args.attn_type == "flex":
-            masks = model.get_attention_masks(tokens, _EOS)
-            return model(tokens, attention_masks=masks)
-        return model(tokens)
+        with self._widths():
+            if self.model_args.attn_type == "flex":
+                masks = model.get_attention_masks(tokens, _EOS)
+                return model(tokens, attention_masks=masks)
+            return model(tokens)
 
     def _pp_loss(self, pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return token_cross_entropy(pred, labels).sum() / self._normalizer
 
     # -- the step ------------------------------------------------------------------------------
     def train_step(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
-        """One optimizer step over this rank's micro-batches (from the loader or a rollout)."""
+        """One optimizer step over this rank's micro-batches (from the loader or a rollout). A micro-batch
+        marked ``PAD`` (``align_micro_batches``) runs forward and backward with weight 0."""
         t0 = time.perf_counter()
-        local_tokens = sum(self.objective.loss_tokens(b) for b in batches)  # on the host copy: no sync
+        real = [b for b in batches if not b.get(PAD)]
+        local_tokens = sum(self.objective.loss_tokens(b) for b in real)  # on the host copy: no sync
         # order-sensitive checksum of the step's global batch (resume tests compare data order),
         # taken from the host copy before the device copy (no sync per micro-batch)
         checksum = sum(float((b["input_ids"].double() * torch.arange(1, b["input_ids"].numel() + 1,
                        dtype=torch.float64, device=b["input_ids"].device).view_as(b["input_ids"]))
                              .sum().remainder(1e9))
-                       for b in batches)
+                       for b in real)
+        local_numel = sum(b["input_ids"].numel() for b in real)
         batches = [{k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
                    for b in batches]
         self.optimizers.zero_grad()
-        normalizer = self._all_reduce(torch.tensor([float(local_tokens)], device=self.device))
+        # loss tokens and tokens of the whole step (ranks may hold micro-batches of different widths)
+        counts = self._all_reduce(torch.tensor([float(local_tokens), float(local_numel)], dtype=torch.float64,
+                                               device=self.device))
+        normalizer = counts[:1]
         self._normalizer = float(normalizer.clamp(min=1.0)) / parallel.ddp_grad_scale(self.pdims)
-        step_tokens = sum(b["input_ids"].numel() for b in batches) * self.dp_world
+        step_tokens = int(counts[1].item())
         if self.balancer is not None:
             self.balancer.step_begin(step_tokens)
         sums: dict[str, float] = {}
@@ -269,6 +352,10 @@ class Trainer:
                 with self.amp():
                     logits = self._forward(model, b)
                 mb_loss, metrics = self.objective.loss(logits, b, self._normalizer, self.ctx)
+                if b.get(PAD):  # its forwards and backward keep the ranks' collectives in step; no weight
+                    (mb_loss * 0.0).backward()
+                    del logits
+                    continue
                 mb_loss.backward()
                 loss += mb_loss.detach()
                 for k, v in metrics.items():  # tensors stay on the device until the step ends
@@ -290,8 +377,8 @@ class Trainer:
             out["mfu"] = out["tflops_per_device"] * 1e12 / self.peak
         if self.balancer is not None:
             out.update(self.balancer.step_end())
-        for k, v in sums.items():
-            out[f"objective/{k}"] = float(v)
+        for k, v in self._sum_over_dp(sums).items():  # the whole step's, not this rank's share
+            out[f"objective/{k}"] = v
         out.update(memory_gib(self.device))
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss is {loss} at step {self.step}")
@@ -374,6 +461,8 @@ class Trainer:
         ckpt_seconds = 0.0
         while self.step < cfg.training.steps:
             batches, extra = next(source)
+            if producer is not None:
+                batches = self.align_micro_batches(batches)
             metrics = self.train_step(batches)
             if producer is not None:
                 metrics = producer.step_metrics(metrics)
@@ -389,6 +478,28 @@ class Trainer:
             source.close()
             producer.end(self)
         return self.finish(self.history, resumed, ckpt_seconds)
+
+    def align_micro_batches(self, batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A producer's micro-batches made safe for sharded forwards: each as wide as a multiple of the
+        sequence-parallel degree (right padding: ignored labels, causal attention leaves the real tokens
+        unchanged), and as many on this rank as on the busiest one — each forward of the policy, and of a
+        frozen teacher inside the loss, is a collective under FSDP/TP/EP — padded with copies of the last
+        one marked ``PAD`` (weight 0). A padded copy's tokens do pass the MoE routers. With the MoE
+        global-batch balancer every micro-batch takes the step's widest width: its token counts assume
+        that every rank's micro-batch has the same shape."""
+        if self.env.world_size == 1:
+            return [pad_width(b, self.seq_multiple) for b in batches]
+        widest = max((b["input_ids"].shape[1] for b in batches), default=0)
+        most = torch.tensor([len(batches), widest], device=self.device)
+        dist.all_reduce(most, op=dist.ReduceOp.MAX)
+        count, widest = most.tolist()
+        multiple = self.seq_multiple
+        batches = [pad_width(b, multiple if self.balancer is None else widest + -widest % multiple) for b in batches]
+        missing = count - len(batches)
+        if missing and not batches:
+            raise ValueError(f"rank {self.env.rank} got no micro-batch this step while others did: the step's "
+                             "rows must cover every data-parallel rank")
+        return batches + [{**batches[-1], PAD: True} for _ in range(missing)]
 
     # the per-step line of rollout-driven runs: the metrics a person watches
     SHOWN = ("loss", "reward/mean", "eval/accuracy", "kl", "entropy", "objective/kl")
@@ -443,6 +554,79 @@ class _EosOnly:
 
 
 _EOS = _EosOnly()
+PAD = "pad_micro_batch"  # key of a micro-batch that only keeps the ranks' collectives in step
+PAD_ID = 151643  # <|endoftext|>, Qwen3's padding token
+COMPILE_WIDTH = 256  # compiled producer runs (GPU): micro-batch widths padded to a multiple (one graph each)
+
+
+def pad_width(batch: dict[str, Any], multiple: int, ignore: int = -100) -> dict[str, Any]:
+    """``batch`` right-padded along the sequence to the next multiple of ``multiple``: every tensor whose
+    first two dims are input_ids' — input_ids with ``PAD_ID``, labels with ``ignore``, the rest with 0."""
+    ids = batch["input_ids"]
+    extra = -ids.shape[1] % multiple
+    if not extra:
+        return batch
+    out = dict(batch)
+    for k, v in batch.items():
+        if torch.is_tensor(v) and v.dim() >= 2 and v.shape[:2] == ids.shape:
+            fill = PAD_ID if k == "input_ids" else ignore if k == "labels" else 0
+            pad = v.new_full((v.shape[0], extra, *v.shape[2:]), fill)
+            out[k] = torch.cat([v, pad], dim=1)
+    return out
+
+
+def _moes(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [b.moe for b in getattr(model, "layers", {}).values() if getattr(b, "moe_enabled", False)]
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    import json
+
+    from qwen3_trainer.model import storage
+    from qwen3_trainer.model.hf_interop import HFFormatError
+
+    try:
+        return json.loads(storage.read_text(path))
+    except storage.StorageError:
+        raise HFFormatError(f"{path} does not exist (not a HF or qwen3-trainer checkpoint)") from None
+
+
+def _hf_titan_state(path: str, args) -> dict[str, torch.Tensor]:
+    """A HF checkpoint's weights under torchtitan names, at the files' dtype, on the host; the first
+    missing or mis-shaped weight is a one-line ``HFFormatError``."""
+    from safetensors.torch import load_file
+
+    from qwen3_trainer.model import storage
+    from qwen3_trainer.model.hf_interop import HFFormatError
+    from qwen3_trainer.model.titan import Qwen3StateDictAdapter
+
+    with storage.local_copy(path) as folder:
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise HFFormatError(f"{path}: no *.safetensors weight files")
+        hf: dict[str, torch.Tensor] = {}
+        for f in files:
+            hf.update(load_file(str(f)))
+    try:
+        state = Qwen3StateDictAdapter(args, None).from_hf({k: v for k, v in hf.items() if "rotary_emb" not in k})
+    except KeyError as exc:
+        raise HFFormatError(f"{path}: unexpected weight {exc.args[0]!r}") from None
+    expected = build_model(args, device="meta", init=False).state_dict()
+    for key, ref in expected.items():
+        if key.endswith(("tokens_per_expert", "expert_bias")) or (args.enable_weight_tying and key == "output.weight"):
+            continue
+        if key not in state:
+            raise HFFormatError(f"{path}: weights: missing {key!r}")
+        if tuple(state[key].shape) != tuple(ref.shape):
+            raise HFFormatError(f"{path}: weights: {key!r} has shape {tuple(state[key].shape)}, config says "
+                                f"{tuple(ref.shape)}")
+    return state
 
 
 def parallel_barrier() -> None:

@@ -155,3 +155,22 @@ def test_the_trainer_refuses_context_parallelism_too():
     with pytest.raises(ValueError, match="parallelism.cp=2: context parallelism is not implemented"):
         TrainConfig.model_validate({"model": {"flavor": "debugmodel"}, "training": {"steps": 1},
                                     "parallelism": {"cp": 2}})
+
+
+def test_distillation_can_choose_a_teacher_cache_step():
+    from qwen3_trainer.recipe.specs import DistillObjective
+
+    for preset in PRESETS.values():  # off everywhere; a spec without the step dumps (and hashes) as before it existed
+        assert preset.spec("D").objective.teacher_cache is None
+        assert "teacher_cache" not in preset.spec("D").objective.model_dump()
+    with pytest.raises(ValueError, match="teacher_cache: caches the off-policy phase's KL target; it needs "
+                                         "offpolicy_mode 'kl' and offpolicy_steps > 0"):
+        DistillObjective(offpolicy_steps=6, teacher_cache={"k": 8})  # offpolicy_mode sft
+    tiny = PRESETS["tiny"]
+    d = tiny.spec("D")
+    obj = DistillObjective(**{**d.objective.model_dump(), "offpolicy_mode": "kl", "teacher_cache": {"k": 8}})
+    mine = tiny.model_copy(update={"stages": {**tiny.stages, "D": d.model_copy(update={"objective": obj})}})
+    p, base = plan(mine, ["D"])["D"], plan(tiny, ["D"])["D"]
+    assert p.config_hash != base.config_hash and p.prepare["teacher_cache"] == {"k": 8, "dtype": "float16", "batch": 8}
+    assert "teacher_cache" not in base.prepare and "teacher_cache" not in base.train["objective"]["params"]
+    assert p.train["objective"]["params"]["teacher_cache"] == "{workdir}/data/teacher_cache"

@@ -101,6 +101,9 @@ def test_tiny_pipeline_on_s3_mlflow_prefect(s3_bucket, mlflow_server, prefect_se
         assert f"qwen3-{stage.lower()}-{plans[stage].config_hash[:12]}-eval" in jobs
         run = client.get_run(shown[stage]["mlflow_run_id"])
         assert [m.step for m in client.get_metric_history(run.info.run_id, "thinking_budget/accuracy")] == [0, 8, 16, 32]
+    # T4's preparation job trained the reward model that its GRPO scores with (model-based reward)
+    t4 = client.get_run(shown["T4"]["mlflow_run_id"]).data
+    assert "reward/reward_model" in t4.metrics
 
     # -- a re-run skips every stage: no new job, same checkpoints
     jobs_before = sorted(p.name for p in (qtrain_home / "jobs").iterdir())

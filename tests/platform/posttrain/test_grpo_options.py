@@ -28,10 +28,15 @@ class ConstLM(torch.nn.Module):
 
 
 def _trainer(policy, reference=None, *, seq_len=16, mb=4):
+    @contextlib.contextmanager
+    def scoring():  # Trainer.scoring: the policy, no autograd
+        with torch.no_grad():
+            yield policy
+
     return SimpleNamespace(cfg=SimpleNamespace(training=SimpleNamespace(seq_len=seq_len, micro_batch_size=mb)),
                            model_parts=[policy], ctx=ObjectiveContext(reference=reference),
                            device=torch.device("cpu"), amp=contextlib.nullcontext, dp_rank=0, dp_world=1,
-                           env=SimpleNamespace(rank=0), step=0)
+                           env=SimpleNamespace(rank=0), step=0, scoring=scoring, seq_multiple=1)
 
 
 def _rollout(tokens, scores, truncated=None, group_size=2):

@@ -78,3 +78,54 @@ def test_prepare_cli_one_line_errors(tmp_path):
     out = CliRunner().invoke(app, ["posttrain", "prepare", str(cfg)])
     assert out.exit_code == 0, out.output
     assert len(list(read_records(str(tmp_path / "o/queries.jsonl")))) == 6
+
+
+def test_t4_trains_the_reward_model_it_scores_with(tmp_path, hf_checkpoint):
+    """The tiny preset's T4 preparation writes preference pairs, trains the reward model from the stage's
+    init in the same job and exports it where T4's ``reward_model`` reward reads it; the trained model
+    ranks the held-out pairs better than the init it started from."""
+    from qwen3_trainer.model.tokenizer import load_tokenizer
+    from qwen3_trainer.platform.posttrain.reward_model import load_pairs
+    from qwen3_trainer.platform.posttrain.rewards import RewardModelScorer, reward_scores
+    from qwen3_trainer.recipe.plan import plan
+    from qwen3_trainer.recipe.presets import get_preset
+
+    preset = get_preset("tiny")
+    init = hf_checkpoint(vocab_size=preset.vocab_size)
+    p = plan(preset, ["T4"])["T4"]
+    root = str(tmp_path / "root")
+    report = pp.prepare(pp.PrepareConfig.model_validate(p.prepare_config(root, init=init, teacher=None)))
+    rm = report["reward_model"]
+    assert rm["pairs"] == 36 and rm["eval_pairs"] == 12
+    rewards = p.train_config(root, init=init, teacher=None, dump=str(tmp_path / "d"))["objective"]["params"]["rewards"]
+    assert rewards[-1] == {"name": "reward_model", "weight": 0.5, "model": rm["checkpoint"]}
+    tok = load_tokenizer()
+    held = load_pairs(f"{p.workdir(root)}/data/reward_model/pairs_eval.jsonl", tok, 512)
+    assert len(held) == 12
+
+    def accuracy(path: str) -> float:
+        model = RewardModelScorer(path, tok, "cpu", preset.vocab_size).model
+        chosen = reward_scores(model, [c for c, _ in held], tok.pad, "cpu")
+        rejected = reward_scores(model, [r for _, r in held], tok.pad, "cpu")
+        return float((chosen > rejected).float().mean())
+
+    before, after = accuracy(init), accuracy(rm["checkpoint"])
+    print(f"held-out pair accuracy {before:.3f} -> {after:.3f}")
+    assert after >= 0.75 and after > before
+
+
+def test_reward_model_step_bad_input(tmp_path):
+    """Only T4 trains a reward model; user pairs are checked record by record."""
+    from pydantic import ValidationError
+
+    from qwen3_trainer.recipe.presets import get_preset
+    from qwen3_trainer.recipe.specs import RewardModelStep
+
+    t2 = get_preset("tiny").spec("T2")
+    with pytest.raises(ValidationError, match="only T4"):
+        type(t2).model_validate({**t2.model_dump(), "prepare": {**t2.prepare.model_dump(),
+                                                                "reward_model": RewardModelStep().model_dump()}})
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text(json.dumps({"prompt": [{"role": "user", "content": "1+1?"}], "chosen": "2"}) + "\n")
+    with pytest.raises(pp.RecordError, match=r"pairs.jsonl: record 1: rejected: missing"):
+        pp.read_user_records(str(bad), "pairs")
