@@ -91,6 +91,7 @@ def load_checked(path: Path, kind: Kind | None = None):
     if list(spec.entrypoint[-2:]) != TRAINER_ENTRY or (isinstance(spec.train, str) and URI.match(spec.train)):
         return spec, base
     from qwen3_trainer.platform.train.run import PreflightError, check_config, read_config
+    from qwen3_trainer.platform.validation import describe
 
     where = f"{path}: train"
     ranks = f"{spec.nodes} node(s) x {spec.procs_per_node} process(es) = {spec.world_size} rank(s)"
@@ -104,11 +105,7 @@ def load_checked(path: Path, kind: Kind | None = None):
         else:
             check_config(spec.train, spec.world_size)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        msg = first["msg"].removeprefix("Value error, ")
-        raise SpecError(f"{where}: {loc + ': ' if loc else ''}{msg}{more}") from None
+        raise SpecError(f"{where}: {describe(exc)}") from None
     except PreflightError as exc:
         err = SpecError(f"{where}: {exc}")
         err.hint = f"the job runs {ranks}" if "world size" in str(exc) else None

@@ -90,12 +90,9 @@ def one_line(exc: BaseException) -> str:
     from pydantic import ValidationError
 
     if isinstance(exc, ValidationError):
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"]) or "(root)"
-        more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        msg = first["msg"].removeprefix("Value error, ")
-        where = "" if loc == "(root)" else f"{loc}: "
-        return redact(f"{exc.title}: {where}{msg}{more}").splitlines()[0]
+        from qwen3_trainer.platform.validation import describe
+
+        return redact(f"{exc.title}: {describe(exc)}").splitlines()[0]
     text = str(exc).strip().splitlines()
     return redact(text[0] if text else type(exc).__name__)
 

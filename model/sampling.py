@@ -88,11 +88,12 @@ def choose(
         ids = torch.arange(logits.shape[-1], device=logits.device)
         score = logits if mode == "greedy" else logits / temperature + gumbel(seed, step, rows, ids, vocab)
         return argmax(torch.where(ids < vocab, score, float("-inf")))
-    cand = logits[:, :vocab]
     if mode == "top_k":
-        vals, ids = torch.topk(cand, min(top_k, vocab), dim=-1)
-    else:
-        vals, ids = torch.sort(cand, dim=-1, descending=True)
+        vals, ids = torch.topk(logits[:, :vocab], min(top_k, vocab), dim=-1)
+    else:  # the whole row, padding columns at -inf (they sort last, with no mass): no strided slice to sort,
+        # whose int64 index buffer inductor failed to generate code for (torch 2.11, H200, 256 x 151,669)
+        cols = torch.arange(logits.shape[-1], device=logits.device)
+        vals, ids = torch.sort(torch.where(cols < vocab, logits, float("-inf")), dim=-1, descending=True)
     vals = vals / temperature
     probs = vals.softmax(-1)
     first = torch.arange(vals.shape[-1], device=logits.device) == 0

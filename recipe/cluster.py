@@ -37,6 +37,8 @@ from pydantic import (
     model_validator,
 )
 
+from qwen3_trainer.platform.validation import describe
+
 ENV = "QTRAIN_CLUSTER_CONFIG"
 QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
 _UNITS = {"": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
@@ -338,18 +340,6 @@ class ClusterConfig(JobsValues):
         return {"name": self.trainingRuntimeName, "kind": "TrainingRuntime"}
 
 
-def _describe(exc: ValidationError) -> str:
-    # a typo is reported as both "unknown key" and "field required": name the typo
-    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    first = errors[0]
-    loc = ".".join(str(p) for p in first["loc"] if p != "[key]")
-    msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
-    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    if loc and re.match(r"^[A-Za-z][\w.]*: ", msg):  # a model's own check names its key first
-        return f"{loc}.{msg}{more}"
-    return (f"{loc}: {msg}" if loc else msg) + more
-
-
 def load_cluster_config(path: str | None = None) -> ClusterConfig:
     """cluster.yaml at ``path`` or ``$QTRAIN_CLUSTER_CONFIG``; neither: ``ClusterConfig()``. ValueError
     (one line, naming the file and the dotted key) if it is not there, not YAML or not the contract."""
@@ -377,7 +367,7 @@ def load_cluster_config(path: str | None = None) -> ClusterConfig:
     try:
         config = ClusterConfig.model_validate(data)
     except ValidationError as exc:
-        raise ValueError(f"{path}: {_describe(exc)}") from None
+        raise ValueError(f"{path}: {describe(exc)}") from None
     config._source = path
     for name, pool in config.nodePools.items():
         pool._where = f"{path}: nodePools.{name}"

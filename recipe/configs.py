@@ -179,6 +179,7 @@ def validate_train_config(cfg: dict[str, Any]) -> None:
     from pydantic import ValidationError
 
     from qwen3_trainer.platform.train.config import TrainConfig
+    from qwen3_trainer.platform.validation import describe
 
     try:
         parsed = TrainConfig.model_validate(cfg)
@@ -187,6 +188,4 @@ def validate_train_config(cfg: dict[str, Any]) -> None:
 
             DataConfig.model_validate({**parsed.data, "seq_len": parsed.data.get("seq_len", parsed.training.seq_len)})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
-        raise ValueError(f"{loc}: {first['msg'].removeprefix('Value error, ')}") from None
+        raise ValueError(describe(exc)) from None

@@ -10,14 +10,7 @@ import json
 import yaml
 from pydantic import ValidationError
 
-
-def describe(exc: ValidationError) -> str:
-    """``dotted.key: message`` of a ValidationError's first error (+N more)."""
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("function-", "tagged-union")))
-    msg = first["msg"].removeprefix("Value error, ")
-    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return (f"{loc}: {msg}" if loc else msg) + more
+from qwen3_trainer.platform.validation import describe
 
 
 def load_model_file(path: str, model, what: str = "file"):

@@ -31,6 +31,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from qwen3_trainer.platform.validation import describe
+
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
@@ -376,16 +378,6 @@ def _check_labels(labels: dict[str, str], field: str) -> dict[str, str]:
 
 class SpecError(ValueError):
     """An invalid JobSpec, as one line naming the field: ``spec.yaml: resources.memory: ...``."""
-
-
-def describe(exc: ValidationError) -> str:
-    """First error of a JobSpec ValidationError as ``field.path: message`` (+N more)."""
-    first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"] if not str(p).startswith(("dict[", "str", "function")))
-    msg = first["msg"].removeprefix("Value error, ")
-    more = f" (+{exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    # model-level checks put the field name first in their message themselves
-    return (f"{loc}: {msg}" if loc else msg) + more
 
 
 def parse_spec(data: Any, source: str = "spec") -> JobSpec:

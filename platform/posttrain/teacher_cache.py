@@ -358,7 +358,7 @@ class TeacherCache:
         try:
             self.manifest = Manifest.model_validate_json(text)
         except ValidationError as exc:
-            from qwen3_trainer.recipe.files import describe
+            from qwen3_trainer.platform.validation import describe
 
             raise CacheError(f"teacher cache {storage.redact(path)}: {MANIFEST}: {describe(exc)}") from None
         self._firsts = np.asarray([s.first for s in self.manifest.shards], np.int64)

@@ -120,6 +120,38 @@ def _objective(cfg: TrainConfig) -> None:
         raise PreflightError(f"objective: {str(exc).splitlines()[0]}") from None
 
 
+# the objectives' record files: (param, kind) -- queries/prompts are parsed as RL prompts, the rest must hold a record
+_RECORD_FILES = {"grpo": (("queries", "prompts"), ("eval_queries", "prompts")),
+                 "distill_onpolicy": (("prompts", "prompts"), ("offpolicy_data", "records"),
+                                      ("eval_queries", "prompts")),
+                 "reward_model": (("pairs", "records"), ("eval_pairs", "records"))}
+
+
+def _objective_data(cfg: TrainConfig) -> None:
+    """The rollout objectives' record files exist and hold usable records (an empty or malformed query
+    file fails here in one line, not after the process group and the model are up)."""
+    from qwen3_trainer.model import storage
+    from qwen3_trainer.platform.data.synthetic import read_records
+
+    for key, kind in _RECORD_FILES.get(cfg.objective.name, ()):
+        paths = cfg.objective.params.get(key)
+        if not paths:
+            continue
+        where = f"objective.params.{key}"
+        for path in [paths] if isinstance(paths, str) else paths:
+            if not storage.exists(path):
+                raise PreflightError(f"{where}: {storage.redact(str(path))} does not exist")
+        try:
+            if kind == "prompts":
+                from qwen3_trainer.platform.posttrain.grpo import load_queries
+
+                load_queries(paths, where)
+            elif next(iter(read_records(paths)), None) is None:
+                raise ValueError(f"{where}: no records in {paths}")
+        except (ValueError, OSError) as exc:
+            raise PreflightError(str(exc).splitlines()[0]) from None
+
+
 def _layout(cfg: TrainConfig, world_size: int) -> None:
     try:
         validate_layout(cfg, world_size)
@@ -155,6 +187,7 @@ def preflight(cfg: TrainConfig, env: DistEnv) -> None:
 
     _layout(cfg, env.world_size)
     _objective(cfg)
+    _objective_data(cfg)
     _frozen_models_share_the_vocabulary(cfg)
     if cfg.data is not None:
         validate_sources(data_config(cfg))

@@ -76,6 +76,12 @@ def test_gumbel_max_draws_from_the_softmax():
     assert set(picked.tolist()) == {0, 1}
     picked = choose(logits, mode="top_k", top_k=3, **{**kw, "top_p": torch.tensor([0.9])})
     assert set(picked.tolist()) == {0, 1, 2}
+    # padding columns past ``vocab`` (the head's rows beyond the tokenizer) never win, whatever their logits,
+    # and the nucleus over the padded row picks exactly what it picks over the real columns
+    padded = torch.cat([logits, torch.full((4000, 2), 10.0)], dim=1)
+    for mode, k, p in (("top_p", 0, 0.7), ("top_p", 0, 1.0), ("top_k", 3, 0.9), ("sample", 0, 1.0)):
+        args = {**kw, "top_p": torch.tensor([p])}
+        assert torch.equal(choose(padded, mode=mode, top_k=k, **args), choose(logits, mode=mode, top_k=k, **args))
     vals, ids = _nucleus(logits[:1], 0.9)  # the eager path's nucleus of the same row agrees
     assert set(ids[0][vals[0].isfinite()].tolist()) == {0, 1, 2}
     # noise is finite at the hash's extremes (u never rounds to 0 or 1 in fp32)

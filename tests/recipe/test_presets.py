@@ -139,7 +139,7 @@ def test_a_user_recipe_file(tmp_path):
     mine = get_preset(str(path))
     assert mine.spec("T1").training.lr == 2e-3 and mine.spec("T2") == PRESETS["tiny"].spec("T2")
     path.write_text(dump_preset(PRESETS["tiny"]).replace("micro_batch_size: 4", "micro_batchsize: 4", 1))
-    with pytest.raises(ValueError, match=r"mine.yaml: stages.T1.training.micro_batchsize: Extra inputs"):
+    with pytest.raises(ValueError, match=r"mine.yaml: stages.T1.training.micro_batchsize: unknown key"):
         get_preset(str(path))
     path.write_text(dump_preset(PRESETS["tiny"]).replace("student_flavor: debugmodel", "student_flavor: 0.6B"))
     with pytest.raises(ValueError, match=r"stages.D.flavor: 'debugmodel', but the preset's student is '0.6B'"):

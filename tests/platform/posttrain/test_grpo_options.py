@@ -249,3 +249,25 @@ def test_every_recipe_field_is_a_grpo_keyword_with_its_default():
            "overlong_penalty", "dynamic_sampling", "dynamic_sampling_rounds", "logprob_chunk")
     default = GRPO("q.jsonl")
     assert all(getattr(obj, k) == getattr(default, k) for k in new)  # the recipe keeps today's behaviour
+
+
+@pytest.mark.parametrize("content,message", [
+    ("", "objective.params.queries: no usable records"),
+    ('{"prompt": "not turns", "answer": "1"}\n', "objective.params.queries: no usable records"),
+    (None, "objective.params.queries: {path} does not exist"),
+])
+def test_bad_query_files_fail_the_preflight_in_one_line(tmp_path, content, message):
+    """An empty, malformed or missing query file is a one-line PreflightError before any process group."""
+    from qwen3_trainer.platform.train.config import TrainConfig
+    from qwen3_trainer.platform.train.parallel import DistEnv
+    from qwen3_trainer.platform.train.run import PreflightError, preflight
+
+    path = tmp_path / "q.jsonl"
+    if content is not None:
+        path.write_text(content)
+    cfg = TrainConfig.model_validate({"model": {"flavor": "debugmodel"}, "training": {"steps": 1, "device": "cpu"},
+                                      "objective": {"name": "grpo", "params": {"queries": str(path)}},
+                                      "dump_dir": str(tmp_path / "d")})
+    with pytest.raises(PreflightError) as err:
+        preflight(cfg, DistEnv(0, 0, 1, "127.0.0.1", 0))
+    assert str(err.value).startswith(message.format(path=path)) and "\n" not in str(err.value)
