@@ -14,7 +14,7 @@ import re
 from pydantic import ValidationError
 
 _TYPE_LEVELS = {"str", "int", "float", "bool", "list", "dict", "none", "[key]"}
-_WRAPPER_LEVELS = ("function-", "tagged-union[", "dict[", "list[", "union[", "nullable[", "json-or-python[")
+_WRAPPER_LEVELS = ("function-", "tagged-union[", "dict[", "list[", "union[", "nullable[", "json-or-python[", "literal[")
 
 
 def _level(part: object) -> bool:
@@ -29,7 +29,7 @@ def describe(exc: ValidationError) -> str:
     loc = ".".join(str(p) for p in first["loc"] if _level(p))
     msg = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    named = re.match(r"^([A-Za-z][\w.\[\]]*): ", msg)
+    named = re.match(r"^([A-Za-z_]\w*): ", msg)  # a key, not a value such as a file name
     if loc and named and named.group(1) != loc.rsplit(".", 1)[-1]:  # a model's own check names its key first
         return f"{loc}.{msg}{more}"
     return (f"{loc}: {msg}" if loc else msg) + more

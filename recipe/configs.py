@@ -43,6 +43,9 @@ def capped(spec: StageSpec, max_steps: int | None) -> StageSpec:
     if spec.objective.name == "distill_onpolicy":
         off = min(spec.objective.offpolicy_steps, max(max_steps // 2, 1))
         update["objective"] = spec.objective.model_copy(update={"offpolicy_steps": off})
+    rm = spec.prepare.reward_model if spec.prepare else None
+    if rm is not None and rm.steps > max_steps:  # T4's reward model is a training run too
+        update["prepare"] = spec.prepare.model_copy(update={"reward_model": rm.model_copy(update={"steps": max_steps})})
     return spec.model_copy(update=update)
 
 
@@ -142,7 +145,9 @@ def reward_model_config(spec: StageSpec, preset: Preset) -> dict[str, Any]:
     cfg["training"].update(steps=rm.steps, micro_batch_size=rm.micro_batch_size, grad_accum=1)
     cfg["optimizer"]["lr"] = rm.lr
     cfg["lr"] = {"schedule": "cosine", "warmup_steps": 0, "decay_ratio": 1.0}
-    cfg["checkpoint"].update(dir=f"{folder}/ckpt", interval=rm.steps, keep_last=1, export_hf=f"{folder}/hf")
+    # a few checkpoints on the way: a retried preparation job resumes its reward model mid-run
+    cfg["checkpoint"].update(dir=f"{folder}/ckpt", interval=max(rm.steps // 4, 1), keep_last=1,
+                             export_hf=f"{folder}/hf")
     cfg["objective"] = {"name": "reward_model", "params": {
         "pairs": f"{folder}/{REWARD_PAIRS['train']}",
         **({"eval_pairs": f"{folder}/{REWARD_PAIRS['eval']}"} if rm.eval_share else {})}}

@@ -60,7 +60,10 @@ def job_spec(p: StagePlan, preset: Preset, config: dict[str, Any], *, kind: JobK
     scale = p.spec.scale
     pool = _pool(p, cluster)
     gpus = scale.gpus_per_node if kind != "eval" else min(scale.gpus_per_node, 1)
-    nodes = scale.nodes if kind == "train" else 1
+    # a preparation that trains T4's reward model (of the policy's size) takes the stage's nodes too
+    trains = kind == "train" or (kind == "prepare" and p.spec.prepare is not None
+                                 and p.spec.prepare.reward_model is not None)
+    nodes = scale.nodes if trains else 1
     try:
         resources = pool.pod_resources(gpus)
     except ValueError as exc:
@@ -93,7 +96,7 @@ def job_spec(p: StagePlan, preset: Preset, config: dict[str, Any], *, kind: JobK
         "entrypoint": ENTRYPOINTS[kind],
         "nodes": nodes,
         "gpus_per_node": gpus,
-        "nproc_per_node": None if gpus else scale.nproc_per_node if kind == "train" else 1,
+        "nproc_per_node": None if gpus else scale.nproc_per_node if trains else 1,
         "resources": resources,
         "env": env,
         "restart_policy": "ExitCode",

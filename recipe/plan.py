@@ -92,3 +92,9 @@ def validate(plans: dict[str, StagePlan], stages: list[str], root: str) -> None:
             cf.validate_train_config(cfg)
         except ValueError as exc:
             raise ValueError(f"stage {stage}: invalid training config: {exc}") from None
+        prep = plans[stage].prepare_config(root, init="/placeholder/init", teacher="/placeholder/teacher")
+        if prep and prep.get("reward_model"):  # T4's reward model is a training run of its own
+            try:
+                cf.validate_train_config(prep["reward_model"]["train"])
+            except ValueError as exc:
+                raise ValueError(f"stage {stage}: invalid reward-model training config: {exc}") from None

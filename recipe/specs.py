@@ -139,6 +139,13 @@ class Prepare(_Strict):
     seed: int = 0
     reward_model: RewardModelStep | None = None  # T4: train the model-based reward first (R §4.4)
 
+    @model_serializer(mode="wrap")
+    def _without_unset_reward_model(self, handler) -> dict[str, Any]:
+        out = handler(self)
+        if self.reward_model is None:  # a spec without the step dumps (and hashes) as it did before it existed
+            out.pop("reward_model", None)
+        return out
+
 
 class Reward(_Strict):
     name: str                                   # platform.posttrain.rewards: math, format, instruction, judge, ...

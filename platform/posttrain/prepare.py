@@ -21,6 +21,7 @@ over the ranks and rank 0 writes the files.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -279,14 +280,6 @@ def _reward_model(cfg: PrepareConfig, write) -> dict[str, Any]:
     from qwen3_trainer.platform.train.run import train
 
     rm = cfg.reward_model
-    raw = dict(rm.train)
-    if "{dump}" in str(raw.get("dump_dir", "")):  # the plan leaves the job's local log folder to the job
-        import tempfile
-
-        raw["dump_dir"] = tempfile.mkdtemp(prefix="qtrain-reward-model-")
-    tcfg = TrainConfig.model_validate(raw)
-    if tcfg.objective.name != "reward_model":
-        raise ValueError(f"reward_model.train.objective: {tcfg.objective.name!r}; this step trains 'reward_model'")
     if rm.dataset:
         pairs = read_user_records(rm.dataset, "pairs")
     else:
@@ -296,6 +289,19 @@ def _reward_model(cfg: PrepareConfig, write) -> dict[str, Any]:
     n_eval = int(len(pairs) * rm.eval_share)
     if len(pairs) - n_eval < 1:
         raise RecordError(f"{rm.dataset or 'reward_model'}: no training pairs left after eval_share {rm.eval_share}")
+    raw = json.loads(json.dumps(rm.train))
+    params = raw.get("objective", {}).get("params", {})
+    if not n_eval:  # too few pairs for the held-out share: no evaluation file, no evaluation
+        params.pop("eval_pairs", None)
+    if "{dump}" in str(raw.get("dump_dir", "")):  # the plan leaves the job's local log folder to the job
+        import tempfile
+
+        raw["dump_dir"] = tempfile.mkdtemp(prefix="qtrain-reward-model-")
+    if "{init}" in str(raw.get("init", {}).get("path", "")):  # no stage init given: the seeded init (tests)
+        raw.pop("init")
+    tcfg = TrainConfig.model_validate(raw)
+    if tcfg.objective.name != "reward_model":
+        raise ValueError(f"reward_model.train.objective: {tcfg.objective.name!r}; this step trains 'reward_model'")
     folder = storage.join(cfg.out, REWARD_MODEL)
     files = {"train": storage.join(folder, REWARD_PAIRS["train"]), "eval": storage.join(folder, REWARD_PAIRS["eval"])}
     counts = {"pairs": write(files["train"], pairs[n_eval:])}
@@ -307,9 +313,15 @@ def _reward_model(cfg: PrepareConfig, write) -> dict[str, Any]:
 
         parallel.init_process_group(env, parallel.resolve_device(tcfg, env))
         dist.barrier()
-    summary = train(tcfg, env)
-    return {**counts, "checkpoint": tcfg.checkpoint.export_hf,
-            **{k: v for k, v in summary.items() if isinstance(v, int | float)}}
+    history = train(tcfg, env)["history"]
+    steps = [h for h in history if "loss" in h]
+    evals = [h for h in history if "eval/pair_accuracy" in h]
+    report = {**counts, "checkpoint": tcfg.checkpoint.export_hf, "steps": len(steps)}
+    if steps:
+        report.update({k: round(float(steps[-1][k]), 4) for k in ("loss", "pair_accuracy", "margin") if k in steps[-1]})
+    if evals:  # before training and after it
+        report["eval_pair_accuracy"] = [round(float(h["eval/pair_accuracy"]), 4) for h in evals]
+    return report
 
 
 def _fusion(cfg: PrepareConfig, train, paths, write) -> dict[str, Any]:

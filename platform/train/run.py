@@ -130,7 +130,6 @@ _RECORD_FILES = {"grpo": (("queries", "prompts"), ("eval_queries", "prompts")),
 def _objective_data(cfg: TrainConfig) -> None:
     """The rollout objectives' record files exist and hold usable records (an empty or malformed query
     file fails here in one line, not after the process group and the model are up)."""
-    from qwen3_trainer.model import storage
     from qwen3_trainer.platform.data.synthetic import read_records
 
     for key, kind in _RECORD_FILES.get(cfg.objective.name, ()):
@@ -138,10 +137,7 @@ def _objective_data(cfg: TrainConfig) -> None:
         if not paths:
             continue
         where = f"objective.params.{key}"
-        for path in [paths] if isinstance(paths, str) else paths:
-            if not storage.exists(path):
-                raise PreflightError(f"{where}: {storage.redact(str(path))} does not exist")
-        try:
+        try:  # files, folders, globs, lists, s3:// -- as the objectives read them (a missing one: DataError)
             if kind == "prompts":
                 from qwen3_trainer.platform.posttrain.grpo import load_queries
 
@@ -149,7 +145,8 @@ def _objective_data(cfg: TrainConfig) -> None:
             elif next(iter(read_records(paths)), None) is None:
                 raise ValueError(f"{where}: no records in {paths}")
         except (ValueError, OSError) as exc:
-            raise PreflightError(str(exc).splitlines()[0]) from None
+            line = str(exc).splitlines()[0]
+            raise PreflightError(line if line.startswith(where) else f"{where}: {line}") from None
 
 
 def _layout(cfg: TrainConfig, world_size: int) -> None:

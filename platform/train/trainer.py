@@ -286,13 +286,17 @@ class Trainer:
 
     def _widths(self):
         """Dynamo's settings for the bucketed widths: a static graph per bucket (no automatic dynamic
-        shapes) and room for every bucket of the sequence length in the recompile limit."""
+        shapes) and room for every (rows, width) the run meets in the recompile limit."""
         if not self._static_widths:
             return contextlib.nullcontext()
         cfg = torch._dynamo.config
         limit = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-        buckets = -(-self.cfg.training.seq_len // COMPILE_WIDTH) + 1
-        return cfg.patch(**{"automatic_dynamic_shapes": False, limit: max(getattr(cfg, limit), 2 * buckets)})
+        # each (rows, width, grad mode) is a graph: training and scoring forwards, evaluation chunks and
+        # their remainders, dynamic sampling's refills -- and the blocks compile with fullgraph=True, where
+        # one graph past the limit is an error, not a fallback
+        total = "accumulated_recompile_limit" if hasattr(cfg, "accumulated_recompile_limit") else "accumulated_cache_size_limit"
+        return cfg.patch(**{"automatic_dynamic_shapes": False, limit: max(getattr(cfg, limit), 512),
+                            total: max(getattr(cfg, total), 2048)})
 
     def _forward(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         tokens = batch["input_ids"]

@@ -75,7 +75,8 @@ def test_every_job_of_every_stage_renders_and_validates(name):
         scale = p.spec.scale
         replicas = job["spec"]["pytorchReplicaSpecs"]
         nodes = sum(r["replicas"] for r in replicas.values())
-        assert nodes == (scale.nodes if kind == "train" else 1)
+        trains = kind == "train" or (kind == "prepare" and p.spec.prepare.reward_model is not None)
+        assert nodes == (scale.nodes if trains else 1)  # T4's preparation trains its reward model at scale
         res = replicas["Master"]["template"]["spec"]["containers"][0]["resources"]
         gpus = int(res["limits"].get("nvidia.com/gpu", 0))
         assert gpus == (scale.gpus_per_node if kind != "eval" else min(scale.gpus_per_node, 1))

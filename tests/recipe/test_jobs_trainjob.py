@@ -53,7 +53,8 @@ def test_every_stage_job_is_a_trainjob_on_the_installed_runtime(name, tmp_path):
             assert job["spec"]["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "TrainingRuntime",
                                                  "name": "rel-torch"}
             assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "q"
-            assert job["spec"]["trainer"]["numNodes"] == (p.spec.scale.nodes if kind == "train" else 1)
+            trains = kind == "train" or (kind == "prepare" and p.spec.prepare.reward_model is not None)
+            assert job["spec"]["trainer"]["numNodes"] == (p.spec.scale.nodes if trains else 1)
             assert round_trip(job) == job
             for obj in core_objects(job):
                 kubernetes_validate.validate(obj, "1.33.0", strict=True)

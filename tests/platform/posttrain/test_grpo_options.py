@@ -254,7 +254,7 @@ def test_every_recipe_field_is_a_grpo_keyword_with_its_default():
 @pytest.mark.parametrize("content,message", [
     ("", "objective.params.queries: no usable records"),
     ('{"prompt": "not turns", "answer": "1"}\n', "objective.params.queries: no usable records"),
-    (None, "objective.params.queries: {path} does not exist"),
+    (None, "objective.params.queries: data source 'records': no data files at {path}"),
 ])
 def test_bad_query_files_fail_the_preflight_in_one_line(tmp_path, content, message):
     """An empty, malformed or missing query file is a one-line PreflightError before any process group."""
@@ -271,3 +271,8 @@ def test_bad_query_files_fail_the_preflight_in_one_line(tmp_path, content, messa
     with pytest.raises(PreflightError) as err:
         preflight(cfg, DistEnv(0, 0, 1, "127.0.0.1", 0))
     assert str(err.value).startswith(message.format(path=path)) and "\n" not in str(err.value)
+    if content == "":  # a glob of the same folder is read as the objective reads it: no "does not exist"
+        (tmp_path / "r.jsonl").write_text('{"prompt": [{"role": "user", "content": "1+1?"}], "answer": "2"}\n')
+        glob = cfg.model_copy(update={"objective": cfg.objective.model_copy(
+            update={"params": {"queries": str(tmp_path / "r*.jsonl")}})})
+        preflight(glob, DistEnv(0, 0, 1, "127.0.0.1", 0))

@@ -96,7 +96,8 @@ def test_t4_trains_the_reward_model_it_scores_with(tmp_path, hf_checkpoint):
     root = str(tmp_path / "root")
     report = pp.prepare(pp.PrepareConfig.model_validate(p.prepare_config(root, init=init, teacher=None)))
     rm = report["reward_model"]
-    assert rm["pairs"] == 36 and rm["eval_pairs"] == 12
+    assert rm["pairs"] == 36 and rm["eval_pairs"] == 12 and rm["steps"] == 6
+    assert len(rm["eval_pair_accuracy"]) == 2 and rm["eval_pair_accuracy"][1] >= 0.75  # before and after training
     rewards = p.train_config(root, init=init, teacher=None, dump=str(tmp_path / "d"))["objective"]["params"]["rewards"]
     assert rewards[-1] == {"name": "reward_model", "weight": 0.5, "model": rm["checkpoint"]}
     tok = load_tokenizer()
@@ -129,3 +130,17 @@ def test_reward_model_step_bad_input(tmp_path):
     bad.write_text(json.dumps({"prompt": [{"role": "user", "content": "1+1?"}], "chosen": "2"}) + "\n")
     with pytest.raises(pp.RecordError, match=r"pairs.jsonl: record 1: rejected: missing"):
         pp.read_user_records(str(bad), "pairs")
+
+
+def test_reward_model_with_too_few_pairs_for_an_eval_share(tmp_path, hf_checkpoint):
+    """3 pairs at eval_share 0.25 hold none out: the job trains without an evaluation file (it asked
+    for one it never wrote before)."""
+    from qwen3_trainer.recipe.plan import plan
+    from qwen3_trainer.recipe.presets import get_preset
+
+    preset = get_preset("tiny")
+    p = plan(preset, ["T4"], max_steps=1)["T4"]
+    cfg = p.prepare_config(str(tmp_path / "root"), init=hf_checkpoint(vocab_size=preset.vocab_size), teacher=None)
+    cfg["reward_model"]["pairs"] = 3
+    report = pp.prepare(pp.PrepareConfig.model_validate(cfg))["reward_model"]
+    assert report["pairs"] == 3 and "eval_pairs" not in report and report["steps"] == 1
