@@ -129,6 +129,41 @@ def _recompile_limit_patch(on: bool):
     return stack
 
 
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    errors: list[type[BaseException]] = [BackendCompilerFailed]
+    try:
+        from torch._inductor.exc import InductorError
+
+        errors.append(InductorError)
+    except ImportError:  # older torch: inductor's failures arrive as BackendCompilerFailed
+        pass
+    return tuple(errors)
+
+
+def _eager_if_compile_fails(compiled, eager, key: tuple):
+    """``compiled``, or ``eager`` from the call where compiling it fails: a compiler bug for one step
+    function (inductor could not generate the top-p sort at bucket 256 on an H200, torch 2.11) costs
+    that function its fusion, not the rollout. Compilation happens before the graph runs, so nothing
+    was written when the error comes; any other error is raised as it is."""
+    state = {"fn": compiled}
+
+    def call(*args):
+        if state["fn"] is eager:
+            return eager(*args)
+        try:
+            return compiled(*args)
+        except _compile_errors() as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            log.warning("decode engine: compiling %s failed (%s: %s); it runs uncompiled", key[0],
+                        type(exc).__name__, first[:200])  # fmt: skip
+            state["fn"] = eager
+            return eager(*args)
+
+    return call
+
+
 class DecodeEngine:
     """Batched generation on one torchtitan Qwen3 model (see the module docstring)."""
 
@@ -279,7 +314,7 @@ class DecodeEngine:
         if fn is None:
             fn = decode_step.make(kind, *key)
             if self.compile:
-                fn = torch.compile(fn, fullgraph=True, dynamic=False)
+                fn = _eager_if_compile_fails(torch.compile(fn, fullgraph=True, dynamic=False), fn, (kind, *key))
             self._fns[(kind, *key)] = fn
         return fn
 

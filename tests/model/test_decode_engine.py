@@ -149,3 +149,26 @@ def test_packed_projections_keep_parameters_and_outputs(tok):
 def test_attention_windows_follow_the_live_context():
     assert [_window(s, 4096) for s in (0, 63, 64, 200, 511, 512, 1500)] == [64, 64, 128, 256, 512, 1024, 2048]
     assert _window(3000, 2048) == 2048  # never past the cache
+
+
+def test_a_step_function_that_fails_to_compile_runs_uncompiled(dense, tok, monkeypatch, caplog):
+    """An inductor failure for one step function (as the top-p sort did at bucket 256 on an H200) falls
+    back to that function uncompiled, with a warning: the same tokens, no failed rollout."""
+    import logging
+
+    from torch._inductor.exc import InductorError
+
+    prompts = chat_prompts(tok, ["Hi", "2+2"])
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, top_p=0.9, seed=3)
+    want = DecodeEngine(dense, compile=False).generate(prompts, params, tok).tokens
+
+    def broken(fn, **_):
+        def call(*args):
+            raise InductorError(TypeError("list indices must be integers or slices, not NoneType"), None)
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with caplog.at_level(logging.WARNING, logger="qwen3_trainer.decode"):
+        got = DecodeEngine(dense, compile=True).generate(prompts, params, tok).tokens
+    assert got == want
+    assert any("runs uncompiled" in r.message for r in caplog.records)
