@@ -10,13 +10,28 @@ lazily, at render/preflight).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_serializer, model_validator
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _WithOptionalSteps(_Strict):
+    """A spec with optional steps added after specs were first hashed: an unset one is left out of the
+    dump, so a spec without it dumps (and hashes) as it did before the step existed."""
+
+    OPTIONAL_STEPS: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _without_unset_steps(self, handler) -> dict[str, Any]:
+        out = handler(self)
+        for name in self.OPTIONAL_STEPS:
+            if getattr(self, name) is None:
+                out.pop(name, None)
+        return out
 
 
 class Scale(_Strict):
@@ -121,12 +136,14 @@ class RewardModelStep(_Strict):
     weight: float = Field(0.5, gt=0)            # the reward's weight in T4's reward sum
 
 
-class Prepare(_Strict):
+class Prepare(_WithOptionalSteps):
     """The data-preparation job of a post-training stage (``qtrain posttrain prepare``).
 
     Without ``dataset`` the stage's data is generated (the miniature's place-value problems); with
     it, the user's file is checked record by record and used: T1/T3 chats (``messages``), T2/T4 RL
     queries (``prompt`` + ``answer``, optional ``constraints``), D prompts (``prompt``)."""
+
+    OPTIONAL_STEPS = ("reward_model",)
 
     dataset: str | None = None                  # user data (jsonl/parquet, local or s3://)
     eval_dataset: str | None = None             # held-out RL queries (T2/T4/D evaluation)
@@ -138,13 +155,6 @@ class Prepare(_Strict):
     max_new_tokens: int = Field(24, gt=0)       # T3/D: generation length of the policy / teacher
     seed: int = 0
     reward_model: RewardModelStep | None = None  # T4: train the model-based reward first (R §4.4)
-
-    @model_serializer(mode="wrap")
-    def _without_unset_reward_model(self, handler) -> dict[str, Any]:
-        out = handler(self)
-        if self.reward_model is None:  # a spec without the step dumps (and hashes) as it did before it existed
-            out.pop("reward_model", None)
-        return out
 
 
 class Reward(_Strict):
@@ -197,9 +207,11 @@ class TeacherCacheStep(_Strict):
     batch: int = Field(8, gt=0)                 # sequences per teacher forward
 
 
-class DistillObjective(_Strict):
+class DistillObjective(_WithOptionalSteps):
     """Strong-to-weak distillation (platform.posttrain.distill ``distill_onpolicy``): the off-policy
     phase (``offpolicy_steps`` on the teacher's responses) then on-policy reverse KL."""
+
+    OPTIONAL_STEPS = ("teacher_cache",)
 
     name: Literal["distill_onpolicy"] = "distill_onpolicy"
     offpolicy_steps: int = Field(0, ge=0)
@@ -219,13 +231,6 @@ class DistillObjective(_Strict):
             raise ValueError("teacher_cache: caches the off-policy phase's KL target; it needs offpolicy_mode 'kl' "
                              "and offpolicy_steps > 0")
         return self
-
-    @model_serializer(mode="wrap")
-    def _without_unset_cache(self, handler) -> dict[str, Any]:
-        out = handler(self)
-        if self.teacher_cache is None:  # a spec without the step dumps (and hashes) as it did before it existed
-            out.pop("teacher_cache", None)
-        return out
 
 
 class LMObjective(_Strict):

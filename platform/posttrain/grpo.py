@@ -77,21 +77,30 @@ LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"
 KLEstimator = Literal["k1", "k2", "k3"]  # losses.KL_ESTIMATORS
 
 
+def query_prompt(rec: dict) -> list[dict] | None:
+    """A query record's prompt turns (a chat record's without its replies), or None if malformed."""
+    from qwen3_trainer.model.chat_template import validate_messages
+
+    prompt = rec.get("prompt")
+    if prompt is None and isinstance(rec.get("messages"), list):  # a chat record: drop its reply
+        prompt = [m for m in rec["messages"] if m.get("role") != "assistant"]
+    try:
+        validate_messages(prompt)
+        if prompt[-1]["role"] not in ("user", "system"):
+            raise ValueError("the prompt must end with a user turn")
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    return prompt
+
+
 def load_queries(paths, what: str = "queries") -> list[dict]:
     """RL query records (``prompt`` turns + ``answer``); malformed ones skipped with a counted warning."""
-    from qwen3_trainer.model.chat_template import validate_messages
     from qwen3_trainer.platform.data.synthetic import read_records
 
     good, bad = [], Counter()
     for rec in read_records(paths):
-        prompt = rec.get("prompt")
-        if prompt is None and isinstance(rec.get("messages"), list):  # a chat record: drop its reply
-            prompt = [m for m in rec["messages"] if m.get("role") != "assistant"]
-        try:
-            validate_messages(prompt)
-            if prompt[-1]["role"] not in ("user", "system"):
-                raise ValueError("the prompt must end with a user turn")
-        except (ValueError, TypeError, KeyError, AttributeError):
+        prompt = query_prompt(rec)
+        if prompt is None:
             bad["bad prompt"] += 1
             continue
         good.append({**rec, "prompt": prompt})

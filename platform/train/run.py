@@ -128,9 +128,11 @@ _RECORD_FILES = {"grpo": (("queries", "prompts"), ("eval_queries", "prompts")),
 
 
 def _objective_data(cfg: TrainConfig) -> None:
-    """The rollout objectives' record files exist and hold usable records (an empty or malformed query
-    file fails here in one line, not after the process group and the model are up)."""
+    """The rollout objectives' record files exist and hold a usable record (an empty or malformed query
+    file fails here in one line, not after the process group and the model are up). Reads up to the
+    first usable record: the objective parses the whole file itself."""
     from qwen3_trainer.platform.data.synthetic import read_records
+    from qwen3_trainer.platform.posttrain.grpo import query_prompt
 
     for key, kind in _RECORD_FILES.get(cfg.objective.name, ()):
         paths = cfg.objective.params.get(key)
@@ -138,12 +140,9 @@ def _objective_data(cfg: TrainConfig) -> None:
             continue
         where = f"objective.params.{key}"
         try:  # files, folders, globs, lists, s3:// -- as the objectives read them (a missing one: DataError)
-            if kind == "prompts":
-                from qwen3_trainer.platform.posttrain.grpo import load_queries
-
-                load_queries(paths, where)
-            elif next(iter(read_records(paths)), None) is None:
-                raise ValueError(f"{where}: no records in {paths}")
+            usable = (lambda rec: query_prompt(rec) is not None) if kind == "prompts" else (lambda rec: True)
+            if not any(usable(rec) for rec in read_records(paths)):
+                raise ValueError(f"{where}: no usable records in {paths}")
         except (ValueError, OSError) as exc:
             line = str(exc).splitlines()[0]
             raise PreflightError(line if line.startswith(where) else f"{where}: {line}") from None
