@@ -90,13 +90,19 @@ def choose(
         return argmax(torch.where(ids < vocab, score, float("-inf")))
     if mode == "top_k":
         vals, ids = torch.topk(logits[:, :vocab], min(top_k, vocab), dim=-1)
-    else:  # the whole row, padding columns at -inf (they sort last, with no mass): no strided slice to sort,
-        # whose int64 index buffer inductor failed to generate code for (torch 2.11, H200, 256 x 151,669)
-        cols = torch.arange(logits.shape[-1], device=logits.device)
-        vals, ids = torch.sort(torch.where(cols < vocab, logits, float("-inf")), dim=-1, descending=True)
-    vals = vals / temperature
+        vals = vals / temperature
+        probs = vals.softmax(-1)
+        first = torch.arange(vals.shape[-1], device=logits.device) == 0
+        drop = (probs.cumsum(-1) - probs >= top_p) & (top_p < 1) & ~first  # smallest prefix with mass >= top_p
+        scores = torch.where(drop, float("-inf"), vals + gumbel(seed, step, rows, ids, vocab))
+        return ids.gather(-1, scores.argmax(-1, keepdim=True)).squeeze(-1)
+    # top_p: the nucleus is found on the sorted row (padding columns at -inf sort last, with no mass), then
+    # scattered back as a mask over the original columns, where the noise and the argmax run as in "sample".
+    # Hashing the sort's int64 indices instead failed in inductor's codegen at [256, 151,936] (torch 2.11, H200).
+    cols = torch.arange(logits.shape[-1], device=logits.device)
+    scaled = torch.where(cols < vocab, logits / temperature, float("-inf"))
+    vals, ids = torch.sort(scaled, dim=-1, descending=True)
     probs = vals.softmax(-1)
-    first = torch.arange(vals.shape[-1], device=logits.device) == 0
-    drop = (probs.cumsum(-1) - probs >= top_p) & (top_p < 1) & ~first  # smallest prefix with mass >= top_p
-    scores = torch.where(drop, float("-inf"), vals + gumbel(seed, step, rows, ids, vocab))
-    return ids.gather(-1, scores.argmax(-1, keepdim=True)).squeeze(-1)
+    drop = (probs.cumsum(-1) - probs >= top_p) & (top_p < 1) & (cols > 0)  # smallest prefix with mass >= top_p
+    drop = torch.zeros_like(drop).scatter(-1, ids, drop)
+    return argmax(torch.where(drop, float("-inf"), scaled + gumbel(seed, step, rows, cols, vocab)))
