@@ -11,10 +11,12 @@ each, in place). Choices, after gpt-fast (static cache, Gumbel sampling without 
 * A decode step: ``prologue`` (embed, RoPE rows, open this step's mask column), per layer ``pre``
   (norm, one q/k/v GEMM, q/k norms, RoPE, cache write), the attention (``decode_attention``: a
   Triton flash-decoding kernel over the static cache up to a window, GQA without repeating K/V, the
-  additive mask buffer opened one column a step, never rebuilt; SDPA on CPU), ``post`` (wo, residual,
-  dense FFN), the model's own ``norm``/``output`` modules, then ``choose`` (sampling, thinking budget,
-  stop ids, log-probs, result writes; ``model.sampling``). ``pre``/``post``/``choose``/``prologue``
-  are functions of tensors, so one ``torch.compile`` graph serves every layer.
+  additive mask buffer opened one column a step, never rebuilt; SDPA on CPU), the wo GEMM, ``ffn``
+  (residual add, norm, gate/up GEMM, silu product) and the w2 GEMM (each GEMM's residual add is the
+  next compiled function's first op, fused into its norm: no ``addmm`` and its residual copy), the
+  model's own ``norm``/``output`` modules, then ``choose`` (sampling, thinking budget, stop ids,
+  log-probs, result writes; ``model.sampling``). ``pre``/``ffn``/``choose``/``prologue`` are
+  functions of tensors, so one ``torch.compile`` graph serves every layer.
 * On CUDA the step is captured as a CUDA graph per (bucket, window, sampling mode). The host looks at
   the stop flags every ``stop_check_interval`` steps: it ends the loop when every row has stopped and
   moves the live rows into the next smaller bucket when they fit (finished rows stop costing compute).
@@ -296,16 +298,17 @@ class DecodeEngine:
             qkv = decode_step.packed_view([a.wq.weight, a.wk.weight, a.wv.weight])
             aw = (layer.attention_norm.weight, qkv if qkv is not None else (a.wq.weight, a.wk.weight, a.wv.weight),
                   qn, kn)  # fmt: skip
-            fw = ffn_sizes = None
+            fw = w2 = ffn_sizes = None
             if not layer.moe_enabled:
                 ff = layer.feed_forward
                 w13 = decode_step.packed_view([ff.w1.weight, ff.w3.weight])
-                fw = (layer.ffn_norm.weight, w13 if w13 is not None else (ff.w1.weight, ff.w3.weight), ff.w2.weight)
-                ffn_sizes = (ff.w1.out_features,)
+                fw = (layer.ffn_norm.weight, w13 if w13 is not None else (ff.w1.weight, ff.w3.weight))
+                w2, ffn_sizes = ff.w2.weight, (ff.w1.out_features,)
             eps = (layer.attention_norm.eps, a.q_norm.eps if qn is not None else None,
                    a.k_norm.eps if kn is not None else None, layer.ffn_norm.eps)  # fmt: skip
             sizes = (a.wq.out_features, a.wk.out_features)
-            layers.append((layer, aw, a.wo.weight, fw, (eps, sizes), (eps, ffn_sizes), a.scaling))
+            pre_key = (eps, sizes, bool(layers))  # the first layer has no residual to add
+            layers.append((layer, aw, a.wo.weight, fw, w2, pre_key, (eps, ffn_sizes), a.scaling))
         return layers
 
     def _fn(self, kind: str, *key):
@@ -461,13 +464,18 @@ class DecodeEngine:
         h, cos, sin = self._fn("prologue")(st.tok, st.pos, model.tok_embeddings.weight, model.rope_cache,
                                            st.slot, bias)  # fmt: skip
         attend = decode_attention.decode_attention if self.attention == "triton" else decode_attention.sdpa
-        for i, (layer, aw, wo, fw, pre_key, post_key, scale) in enumerate(layers):
+        z = None  # the last GEMM's output, not yet added to h: the next function's first op adds it
+        for i, (layer, aw, wo, fw, w2, pre_key, ffn_key, scale) in enumerate(layers):
             kc, vc = ws.k[i][:b], ws.v[i][:b]
-            q = self._fn("pre", *pre_key)(h, aw, kc, vc, cos, sin, st.slot)
-            h = self._fn("post", *post_key)(h, attend(q, kc, vc, bias, window, scale), wo, fw)
-            if fw is None:
-                h = h + layer.moe(layer.ffn_norm(h)[:, None])[:, 0]
-        self._choose(ws, b, self._head(h), key)
+            h, q = self._fn("pre", *pre_key)(h, z, aw, kc, vc, cos, sin, st.slot)
+            y = F.linear(attend(q, kc, vc, bias, window, scale).reshape(b, -1), wo)
+            if fw is None:  # MoE: torchtitan's own block, eagerly (inside the graph on CUDA)
+                h = h + y
+                z = layer.moe(layer.ffn_norm(h)[:, None])[:, 0]
+            else:
+                h, g = self._fn("ffn", *ffn_key)(h, y, fw)
+                z = F.linear(g, w2)
+        self._choose(ws, b, self._head(h + z), key)
 
     def _decode(self, ws: DecodeWorkspace, b: int, window: int, layers, key: tuple) -> None:
         if not self.cuda_graphs:

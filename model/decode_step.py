@@ -2,10 +2,11 @@
 layer), and the in-place packing of the projection weights that lets a step run one q/k/v GEMM and
 one gate/up GEMM per layer.
 
-``pre`` (norm -> q/k/v -> q/k norms -> RoPE -> cache write), ``post`` (wo + residual [+ dense FFN]),
-``prologue`` (embedding, RoPE rows, this step's mask column) and ``choose`` (sampling, thinking
-budget, stop ids, log-probs, result writes) are built by ``make(kind, *static_key)``; the attention
-between ``pre`` and ``post`` is ``decode_attention``.
+``pre`` ([residual add ->] norm -> q/k/v -> q/k norms -> RoPE -> cache write), ``ffn`` (residual add
+-> norm -> gate/up -> silu product: a dense layer's FFN up to its w2 GEMM), ``prologue`` (embedding,
+RoPE rows, this step's mask column) and ``choose`` (sampling, thinking budget, stop ids, log-probs,
+result writes) are built by ``make(kind, *static_key)``. Between them run the attention
+(``decode_attention``) and the wo / w2 GEMMs, whose residual adds are the next function's first op.
 """
 
 from __future__ import annotations
@@ -28,11 +29,14 @@ def _prologue(tok, pos, emb, rope, slot, bias):
     return F.embedding(tok, emb), cs[:, None, :hd].to(emb.dtype), cs[:, None, hd:].to(emb.dtype)
 
 
-def _make_pre(eps: tuple, sizes: tuple[int, int]):
-    """norm -> q/k/v (one packed GEMM when the weights are packed) -> q/k norms -> RoPE -> cache
-    write at ``slot``; returns the query heads grouped by KV head [B, H_kv, n_rep, D]."""
+def _make_pre(eps: tuple, sizes: tuple[int, int], residual: bool):
+    """[h + z: the previous layer's last GEMM output, added here so that the add fuses with this norm]
+    -> norm -> q/k/v (one packed GEMM when the weights are packed) -> q/k norms -> RoPE -> cache write
+    at ``slot``; returns h and the query heads grouped by KV head [B, H_kv, n_rep, D]."""
 
-    def pre(h, aw, k_cache, v_cache, cos, sin, slot):
+    def pre(h, z, aw, k_cache, v_cache, cos, sin, slot):
+        if residual:
+            h = h + z
         norm, wqkv, qn, kn = aw
         b, kvh, hd = h.shape[0], k_cache.shape[1], k_cache.shape[-1]
         x = F.rms_norm(h, (h.shape[-1],), norm, eps[0])
@@ -46,27 +50,28 @@ def _make_pre(eps: tuple, sizes: tuple[int, int]):
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
         k_cache.index_copy_(2, slot, k.unsqueeze(2))
         v_cache.index_copy_(2, slot, v.unsqueeze(2))
-        return q.view(b, kvh, -1, hd)
+        return h, q.view(b, kvh, -1, hd)
 
     return pre
 
 
-def _make_post(eps: tuple, sizes: tuple[int, int] | None):
-    """h + wo(attention) [-> + the dense FFN, gate and up as one packed GEMM when packed]."""
+def _make_ffn(eps: tuple, sizes: tuple[int]):
+    """h + y (the attention's wo output) -> norm -> gate/up (one packed GEMM when packed) -> silu(gate)
+    * up; returns h and that product, whose w2 GEMM runs outside (its residual add is the next
+    ``pre``'s). A GEMM whose output is only added keeps inductor from making it an ``addmm``, which
+    copies the residual into the output first (one memcpy a GEMM on CUDA)."""
 
-    def post(h, attn, wo, fw):
-        h = h + F.linear(attn.reshape(h.shape[0], -1), wo)
-        if fw is None:
-            return h
-        norm, w13, w2 = fw
+    def ffn(h, y, fw):
+        h = h + y
+        norm, w13 = fw
         x = F.rms_norm(h, (h.shape[-1],), norm, eps[3])
         if isinstance(w13, tuple):
             gate, up = (F.linear(x, w) for w in w13)
         else:
             gate, up = F.linear(x, w13).split(sizes[0], dim=-1)
-        return h + F.linear(F.silu(gate) * up, w2)
+        return h, F.silu(gate) * up
 
-    return post
+    return ffn
 
 
 def _make_choose(mode: str, top_k: int, vocab: int, think: int, end_think: int):
@@ -110,7 +115,7 @@ def make(kind: str, *key):
     """The step function ``kind`` for its static ``key`` (Python constants of the compiled graph)."""
     if kind == "prologue":
         return _prologue
-    return {"pre": _make_pre, "post": _make_post, "choose": _make_choose}[kind](*key)
+    return {"pre": _make_pre, "ffn": _make_ffn, "choose": _make_choose}[kind](*key)
 
 
 def packed_view(weights: list[torch.Tensor]) -> torch.Tensor | None:

@@ -70,6 +70,17 @@ def logsumexp(x: torch.Tensor) -> torch.Tensor:
     return x.view(b, _chunks(b, v), -1).logsumexp(-1).logsumexp(-1)
 
 
+def cumsum(x: torch.Tensor) -> torch.Tensor:
+    """``x.cumsum(-1)`` of [B, V] in two levels (within 128 chunks of the row, then over the chunks):
+    inductor's split scan, which it picks for a few long rows, fails to generate code (torch 2.11,
+    H200: "list indices must be integers or slices, not NoneType" at [32..256, 151,936])."""
+    b, v = x.shape
+    c = next(c for c in (128, 64, 32, 16, 8, 4, 2, 1) if v % c == 0)
+    y = x.view(b, c, v // c).cumsum(-1)
+    total = y[..., -1]
+    return (y + (total.cumsum(-1) - total)[..., None]).view(b, v)
+
+
 def choose(
     logits: torch.Tensor,
     *,
@@ -98,11 +109,10 @@ def choose(
         return ids.gather(-1, scores.argmax(-1, keepdim=True)).squeeze(-1)
     # top_p: the nucleus is found on the sorted row (padding columns at -inf sort last, with no mass), then
     # scattered back as a mask over the original columns, where the noise and the argmax run as in "sample".
-    # Hashing the sort's int64 indices instead failed in inductor's codegen at [256, 151,936] (torch 2.11, H200).
     cols = torch.arange(logits.shape[-1], device=logits.device)
     scaled = torch.where(cols < vocab, logits / temperature, float("-inf"))
     vals, ids = torch.sort(scaled, dim=-1, descending=True)
     probs = vals.softmax(-1)
-    drop = (probs.cumsum(-1) - probs >= top_p) & (top_p < 1) & (cols > 0)  # smallest prefix with mass >= top_p
+    drop = (cumsum(probs) - probs >= top_p) & (top_p < 1) & (cols > 0)  # smallest prefix with mass >= top_p
     drop = torch.zeros_like(drop).scatter(-1, ids, drop)
     return argmax(torch.where(drop, float("-inf"), scaled + gumbel(seed, step, rows, cols, vocab)))
