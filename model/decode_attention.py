@@ -27,7 +27,9 @@ except ImportError:  # the CPU wheel: SDPA only
     triton = None
 
 # (keys per inner step, warps, pipeline stages, key splits, KV heads per program): the tuner times
-# these per shape; splitting keys helps small grids, several heads per program large ones
+# these per shape; splitting keys helps small grids, several heads per program large ones. The window
+# and each split's key count are runtime arguments: one compiled kernel per config serves every window
+# (as constants they cost a Triton compile per config per window: minutes of a rollout's first round)
 _BASE = [(bn, w, st) for bn in (64, 128) for w in (4, 8) for st in (2, 3)]
 CONFIGS = [(*c, sp, 1) for c in _BASE for sp in (1, 2, 4, 8)] + [(*c, 1, hg) for c in _BASE for hg in (2, 4)]
 DEFAULT = (64, 4, 2, 1, 1)
@@ -47,7 +49,7 @@ if triton is not None:
 
     @triton.jit
     def _partial(Q, K, V, Bias, Out, Acc, Ml, scale, sqb, sqh, sqr, skb, skh, skn, svb, svh, svn, sbb,
-                 sob, soh, sor, H, W, CHUNK: tl.constexpr, R: tl.constexpr, RP: tl.constexpr, D: tl.constexpr,
+                 sob, soh, sor, H, W, CHUNK, R: tl.constexpr, RP: tl.constexpr, D: tl.constexpr,
                  BN: tl.constexpr, SPLITS: tl.constexpr, HG: tl.constexpr):  # fmt: skip
         for hh in tl.static_range(HG):
             _partial_head(tl.program_id(0) * HG + hh, tl.program_id(1), Q, K, V, Bias, Out, Acc, Ml, scale,
@@ -56,7 +58,7 @@ if triton is not None:
 
     @triton.jit
     def _partial_head(bh, sp, Q, K, V, Bias, Out, Acc, Ml, scale, sqb, sqh, sqr, skb, skh, skn, svb, svh,
-                      svn, sbb, sob, soh, sor, H, W, CHUNK: tl.constexpr, R: tl.constexpr, RP: tl.constexpr,
+                      svn, sbb, sob, soh, sor, H, W, CHUNK, R: tl.constexpr, RP: tl.constexpr,
                       D: tl.constexpr, BN: tl.constexpr, SPLITS: tl.constexpr):  # fmt: skip
         b, h = bh // H, bh % H
         r, d, n = tl.arange(0, RP), tl.arange(0, D), tl.arange(0, BN)
