@@ -143,6 +143,35 @@ def attention_sweep(report: dict) -> None:
         print(row, flush=True)
 
 
+def engine_options(report: dict) -> None:
+    """Ours at 0.6B b32 / b256 (128 + 128 tokens, greedy) with the engine's default step compile and
+    with inductor's combo kernels (horizontal fusion of independent kernels), in one process."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from decode_throughput import _row, prompts_of, seeded_model, time_ours
+
+    from qwen3_trainer.model.decode_engine import DecodeEngine
+
+    model = seeded_model("0.6B", torch.device("cuda"), torch.bfloat16)
+    out = report.setdefault("engine_options", [])
+    for batch in (32, 256):
+        prompts = prompts_of(batch, 128)
+        for name, opts in (("default", None), ("combo_kernels", {"combo_kernels": True})):
+            try:
+                engine = DecodeEngine(model, inductor_options=opts)
+                t = time.time()
+                pre, tot = time_ours(model, prompts, 128, 2, engine)
+                row = {**_row("0.6B", name, batch, 128, 128, pre, tot, model), "wall_s": round(time.time() - t, 1),
+                       "eager_shapes": engine.stats.get("eager_shapes"), "graphs": engine.stats.get("graphs")}  # fmt: skip
+                engine.release()
+            except Exception as exc:  # noqa: BLE001
+                row = {"impl": name, "batch": batch, "error": f"{type(exc).__name__}: {exc}"[:300]}
+            out.append(row)
+            print(row, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
@@ -150,7 +179,7 @@ def main() -> None:
     args = ap.parse_args()
     report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
     parts = args.parts.split(",")
-    steps = [("sampling", sampling_check), ("attention", attention_sweep),
+    steps = [("sampling", sampling_check), ("attention", attention_sweep), ("options", engine_options),
              ("order", lambda r: (kernel_order(r, "0.6B", 32), kernel_order(r, "0.6B", 256)))]  # fmt: skip
     for name, fn in steps:
         if name in parts:

@@ -172,8 +172,9 @@ class DecodeEngine:
     def __init__(self, model, *, buckets: tuple[int, ...] = DEFAULT_BUCKETS, compile: bool | None = None,
                  cuda_graphs: bool | None = None, stop_check_interval: int | None = None,
                  max_len: int | None = None, compact: bool = True, pack_weights: bool | None = None,
-                 attention: str | None = None):  # fmt: skip
+                 attention: str | None = None, inductor_options: dict | None = None):  # fmt: skip
         self._model = weakref.ref(model)
+        self.inductor_options = inductor_options  # torch.compile(options=...) of the step functions
         cuda = model.tok_embeddings.weight.device.type == "cuda"
         self.compile = cuda if compile is None else compile
         self.cuda_graphs = cuda if cuda_graphs is None else (cuda_graphs and cuda)
@@ -317,7 +318,8 @@ class DecodeEngine:
         if fn is None:
             fn = decode_step.make(kind, *key)
             if self.compile:
-                fn = _eager_if_compile_fails(torch.compile(fn, fullgraph=True, dynamic=False), fn, (kind, *key))
+                compiled = torch.compile(fn, fullgraph=True, dynamic=False, options=self.inductor_options)
+                fn = _eager_if_compile_fails(compiled, fn, (kind, *key))
             self._fns[(kind, *key)] = fn
         return fn
 
