@@ -152,7 +152,7 @@ def test_attention_windows_follow_the_live_context():
 
 
 def test_a_step_function_that_fails_to_compile_runs_uncompiled(dense, tok, monkeypatch, caplog):
-    """An inductor failure for one step function (as the top-p sort did at bucket 256 on an H200) falls
+    """An inductor failure for one step function (as the top-p cumsum did on an H200) falls
     back to that function uncompiled, with a warning: the same tokens, no failed rollout."""
     import logging
 
