@@ -5,7 +5,7 @@ must read — the weights once, the KV cache of the mean context — times steps
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/decode_throughput.py          # debugmodel, CPU, one row
     python benchmarks/decode_throughput.py --suite h200 \\
-        --out benchmarks/results/2026-12-02-h200-decode.json                     # issue 19's matrix, H200
+        --out benchmarks/results/2026-12-03-h200-decode.json                     # issue 19's matrix, H200
     python benchmarks/decode_throughput.py --suite smoke --out $OUT/smoke.json   # GPU checks, one row
 
 ``--suite h200`` also checks greedy parity of 0.6B (ours vs HF, fp32 and bf16) and writes a kernel
