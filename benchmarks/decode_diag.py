@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from decode_throughput import _row, copy_bandwidth, prompts_of, seeded_model, time_ours  # noqa: E402
 
 
 def _timed(fn, n: int = 20) -> float:
@@ -61,15 +66,13 @@ def sampling_check(report: dict) -> None:
 def kernel_order(report: dict, flavor: str, batch: int) -> None:
     from torch.profiler import ProfilerActivity, profile
 
-    from qwen3_trainer.model.build import build_model
     from qwen3_trainer.model.decode_engine import DecodeEngine
     from qwen3_trainer.model.generation import SamplingParams
     from qwen3_trainer.model.tokenizer import load_tokenizer
 
-    model = build_model(flavor, device="cuda", dtype=torch.bfloat16, seed=0).eval()
+    model = seeded_model(flavor, torch.device("cuda"), torch.bfloat16)
     tok = load_tokenizer()
-    g = torch.Generator().manual_seed(0)
-    prompts = [torch.randint(0, 150000, (128,), generator=g).tolist() for _ in range(batch)]
+    prompts = prompts_of(batch, 128)
     engine = DecodeEngine(model)
     params = SamplingParams(max_new_tokens=48, temperature=0.0)
     engine.generate(prompts, params, tok)
@@ -107,10 +110,7 @@ def kernel_order(report: dict, flavor: str, batch: int) -> None:
 def attention_sweep(report: dict) -> None:
     from qwen3_trainer.model import decode_attention as da
 
-    copy_src = torch.empty(1 << 28, dtype=torch.uint8, device="cuda")
-    copy_dst = torch.empty_like(copy_src)
-    copy_tbs = copy_src.numel() * 2 / _timed(lambda: copy_dst.copy_(copy_src)) / 1e6
-    report["copy_tb_s"] = round(copy_tbs, 2)
+    report["copy_tb_s"] = round(copy_bandwidth(torch.device("cuda")) / 1e12, 2)
     out = report.setdefault("attention", [])
     for b, rep, window, length in (
         (256, 2, 192, 256),
@@ -146,12 +146,6 @@ def attention_sweep(report: dict) -> None:
 def engine_options(report: dict) -> None:
     """Ours at 0.6B b32 / b256 (128 + 128 tokens, greedy) with the engine's default step compile and
     with inductor's combo kernels (horizontal fusion of independent kernels), in one process."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from decode_throughput import _row, prompts_of, seeded_model, time_ours
-
     from qwen3_trainer.model.decode_engine import DecodeEngine
 
     model = seeded_model("0.6B", torch.device("cuda"), torch.bfloat16)

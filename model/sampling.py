@@ -81,6 +81,13 @@ def cumsum(x: torch.Tensor) -> torch.Tensor:
     return (y + (total.cumsum(-1) - total)[..., None]).view(b, v)
 
 
+def _outside_nucleus(probs: torch.Tensor, cum: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """Of candidates sorted by ``probs`` (descending) with running mass ``cum``: those past the smallest
+    prefix whose mass is >= ``top_p`` (none when top_p is 1; the first candidate always stays)."""
+    first = torch.arange(probs.shape[-1], device=probs.device) == 0
+    return (cum - probs >= top_p) & (top_p < 1) & ~first
+
+
 def choose(
     logits: torch.Tensor,
     *,
@@ -103,8 +110,7 @@ def choose(
         vals, ids = torch.topk(logits[:, :vocab], min(top_k, vocab), dim=-1)
         vals = vals / temperature
         probs = vals.softmax(-1)
-        first = torch.arange(vals.shape[-1], device=logits.device) == 0
-        drop = (probs.cumsum(-1) - probs >= top_p) & (top_p < 1) & ~first  # smallest prefix with mass >= top_p
+        drop = _outside_nucleus(probs, probs.cumsum(-1), top_p)
         scores = torch.where(drop, float("-inf"), vals + gumbel(seed, step, rows, ids, vocab))
         return ids.gather(-1, scores.argmax(-1, keepdim=True)).squeeze(-1)
     # top_p: the nucleus is found on the sorted row (padding columns at -inf sort last, with no mass), then
@@ -113,6 +119,5 @@ def choose(
     scaled = torch.where(cols < vocab, logits / temperature, float("-inf"))
     vals, ids = torch.sort(scaled, dim=-1, descending=True)
     probs = vals.softmax(-1)
-    drop = (cumsum(probs) - probs >= top_p) & (top_p < 1) & (cols > 0)  # smallest prefix with mass >= top_p
-    drop = torch.zeros_like(drop).scatter(-1, ids, drop)
+    drop = torch.zeros_like(ids, dtype=torch.bool).scatter(-1, ids, _outside_nucleus(probs, cumsum(probs), top_p))
     return argmax(torch.where(drop, float("-inf"), scaled + gumbel(seed, step, rows, cols, vocab)))
