@@ -43,6 +43,22 @@ log = logging.getLogger("qwen3_trainer.train")
 FULL_INIT_MAX_PARAMS = 2_000_000_000  # below this, every rank builds the same seeded full init
 
 
+def total_grad_norm(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """The 2-norm of all ``grads`` as ``torch.nn.utils.get_total_norm`` computes it (per (device,
+    dtype) group ``_foreach_norm``, then the norm of the stacked norms; DTensor grads give a DTensor),
+    without its per-tensor ``.to(device)`` of every norm when all share a device: one DTensor dispatch
+    each, ~3 ms of host time a step at 1.7B with the GPU idle."""
+    groups: dict[tuple, list[torch.Tensor]] = {}
+    for g in grads:
+        groups.setdefault((g.device, g.dtype), []).append(g)
+    norms = [n for group in groups.values() for n in torch._foreach_norm(group, 2.0)]
+    if not norms:
+        return torch.zeros((), device=device)
+    if len({dev for dev, _ in groups}) > 1:
+        norms = [n.to(norms[0].device) for n in norms]
+    return torch.linalg.vector_norm(torch.stack(norms), 2.0)
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, env: parallel.DistEnv | None = None, *, loader=None,
                  tracker=None):
@@ -405,8 +421,7 @@ class Trainer:
         inverse (``grad_scale``, the hook ``torch.amp.GradScaler`` uses for unscaling)."""
         from torch.distributed.tensor import DTensor
 
-        grads = [p.grad for p in params if p.grad is not None]
-        total = torch.nn.utils.get_total_norm(grads, 2.0, False, True)
+        total = total_grad_norm([p.grad for p in params if p.grad is not None], self.device)
         if isinstance(total, DTensor):
             total = total.full_tensor()
         if pp_mesh is not None:

@@ -35,3 +35,17 @@ def test_fused_clip_matches_separate_pass(max_norm, tmp_path):
     assert ref_norm[0] > 0.05  # the small max_norm really clips
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(norm, ref_norm, rtol=1e-4, atol=1e-6)
+
+
+def test_total_grad_norm_equals_get_total_norm():
+    """The clip norm without per-tensor ``.to`` is bit-equal to torch's ``get_total_norm``, over
+    several dtypes and shapes, and 0 for no gradients."""
+    from qwen3_trainer.platform.train.trainer import total_grad_norm
+
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(shape, generator=gen).to(dtype) * 3
+             for shape, dtype in (((7, 5), torch.float32), ((64,), torch.bfloat16), ((3, 4, 5), torch.float32),
+                                  ((1,), torch.bfloat16), ((129, 3), torch.float32))]  # fmt: skip
+    ref = torch.nn.utils.get_total_norm(grads, 2.0, False, True)
+    assert torch.equal(total_grad_norm(grads, torch.device("cpu")), ref)
+    assert float(total_grad_norm([], torch.device("cpu"))) == 0.0
