@@ -43,20 +43,18 @@ log = logging.getLogger("qwen3_trainer.train")
 FULL_INIT_MAX_PARAMS = 2_000_000_000  # below this, every rank builds the same seeded full init
 
 
-def total_grad_norm(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:
-    """The 2-norm of all ``grads`` as ``torch.nn.utils.get_total_norm`` computes it (per (device,
-    dtype) group ``_foreach_norm``, then the norm of the stacked norms; DTensor grads give a DTensor),
-    without its per-tensor ``.to(device)`` of every norm when all share a device: one DTensor dispatch
-    each: ~3 ms of host time a step at 1.7B (hidden behind the queued GPU work at mb 4: no measured
-    speed-up, BENCHMARKS.md)."""
-    groups: dict[tuple, list[torch.Tensor]] = {}
+def total_grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all ``grads``, bit-equal to ``torch.nn.utils.get_total_norm`` (per (device, dtype)
+    group ``_foreach_norm``, then the norm of the stacked norms; DTensor grads give a DTensor) but,
+    when all share a device, without its per-tensor ``.to(device)`` of every norm: one DTensor
+    dispatch each, ~3 ms of host time a step at 1.7B (hidden behind the queued GPU work at mb 4: no
+    measured speed-up, BENCHMARKS.md). No grads or several devices: ``get_total_norm`` itself."""
+    if not grads or len({g.device for g in grads}) > 1:
+        return torch.nn.utils.get_total_norm(grads, 2.0, False, True)
+    groups: dict[torch.dtype, list[torch.Tensor]] = {}
     for g in grads:
-        groups.setdefault((g.device, g.dtype), []).append(g)
+        groups.setdefault(g.dtype, []).append(g)
     norms = [n for group in groups.values() for n in torch._foreach_norm(group, 2.0)]
-    if not norms:
-        return torch.zeros((), device=device)
-    if len({dev for dev, _ in groups}) > 1:
-        norms = [n.to(norms[0].device) for n in norms]
     return torch.linalg.vector_norm(torch.stack(norms), 2.0)
 
 
@@ -422,7 +420,7 @@ class Trainer:
         inverse (``grad_scale``, the hook ``torch.amp.GradScaler`` uses for unscaling)."""
         from torch.distributed.tensor import DTensor
 
-        total = total_grad_norm([p.grad for p in params if p.grad is not None], self.device)
+        total = total_grad_norm([p.grad for p in params if p.grad is not None])
         if isinstance(total, DTensor):
             total = total.full_tensor()
         if pp_mesh is not None:
