@@ -78,7 +78,7 @@ PEER_PRIORITY = (
     + [("8B", i) for i in _MIXED]
 )
 # micro-batch candidates, tried in this order (the first was the best that fit in earlier calls)
-PEER_MBS = {"1.7B": (4, 2, 1), "8B": (2, 1, 4), "30B-A3B-8L": (2, 4, 1)}
+PEER_MBS = {"1.7B": (4, 2, 1), "8B": (2, 1, 4), "30B-A3B-8L": (4, 2, 1)}
 ROW_WEIGHT = {"hf-compile": 3.0}  # share of the budget relative to a row of ours (compile time)
 def flops_per_token(flavor: str, seq: int) -> float:
     from qwen3_trainer.model.flavors import get_flavor
