@@ -22,17 +22,22 @@ How it is computed without a second forward pass:
   micro-batches 1..m of this step across all ranks: exact for the last micro-batch and whenever
   there is no gradient accumulation; earlier micro-batches use the step's running frequencies.
 * ``step_end()`` returns the exact global-batch value (logged), the per-micro-batch form for
-  comparison, and the expert-load imbalance (max/mean load).
+  comparison, and the expert-load imbalance (max/mean load), read back in one transfer.
+* The statistics live in device tensors updated in place (zeroed by ``step_begin``), never in Python
+  numbers or lists that change per micro-batch, and the DP all-reduce is a functional collective:
+  so the hooks trace into a compiled MoE block (one ``fullgraph`` graph per block, any number of
+  micro-batches, no recompile when the step's token count changes) as well as they run eagerly.
 
 This module is pure torch: the trainer passes the data-parallel process group.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
 import torch.nn.functional as F
 from torch import nn
 
@@ -59,11 +64,17 @@ def _in_backward() -> bool:
 class _LayerStats:
     num_experts: int
     top_k: int
-    counts: torch.Tensor | None = None  # [E] global counts so far this step (float64)
-    prob_sum: torch.Tensor | None = None  # [E] global sum of router probs so far (detached)
-    tokens: int = 0  # global tokens seen so far this step
+    counts: torch.Tensor  # [E] global expert counts so far this step (float64)
+    prob_sum: torch.Tensor  # [E] global sum of router probs so far (detached, float64)
+    tokens: torch.Tensor  # [1] global tokens seen so far this step (float64)
+    micro_sum: torch.Tensor  # [1] sum over micro-batches of the per-micro-batch LBL (this rank)
+    micro_n: torch.Tensor  # [1] micro-batches seen
     pending: torch.Tensor | None = None  # this micro-batch's local prob sums, with grad
-    micro_values: list[torch.Tensor] = field(default_factory=list)
+
+
+def _zeros(device: torch.device, n: int = 1) -> torch.Tensor:
+    # never 0-d: inductor (CPU, torch 2.13) dropped in-place updates of 0-d tensors the graph closes over
+    return torch.zeros(n, dtype=torch.float64, device=device)
 
 
 class GlobalBatchLoadBalancer:
@@ -82,51 +93,60 @@ class GlobalBatchLoadBalancer:
         if coeff <= 0:
             raise ValueError(f"load-balancing coeff must be > 0, got {coeff}")
         self.coeff = coeff
-        self.dp_group = dp_group
-        self.global_tokens: int | None = None
+        self.dp_group = dp_group if dp_group is not None and dist.get_world_size(dp_group) > 1 else None
+        self._open = False
         self._layers: list[_LayerStats] = []
         self._handles = []
-        for part in model_parts:
-            for module in part.modules():
-                if hasattr(module, "router") and hasattr(module, "experts") and hasattr(module.router, "gate"):
-                    self._attach(module)
-        self.num_layers = len(self._layers)
+        moes = [m for part in model_parts for m in part.modules()
+                if hasattr(m, "router") and hasattr(m, "experts") and hasattr(m.router, "gate")]
+        self.num_layers = len(moes)
+        self.device = _device_of(moes[0]) if moes else torch.device("cpu")
+        self._global_tokens = _zeros(self.device)  # a tensor: a new step's count is no new graph
+        for moe in moes:
+            self._attach(moe)
+
+    @property
+    def global_tokens(self) -> int | None:
+        return int(self._global_tokens[0].item()) if self._open else None
 
     # -- hooks ---------------------------------------------------------------------------------
     def _attach(self, moe: nn.Module) -> None:
-        stats = _LayerStats(num_experts=moe.experts.num_experts, top_k=moe.router.top_k)
+        dev = self.device
+        stats = _LayerStats(num_experts=moe.experts.num_experts, top_k=moe.router.top_k, counts=_zeros(dev, moe.experts.num_experts),
+                            prob_sum=_zeros(dev, moe.experts.num_experts), tokens=_zeros(dev), micro_sum=_zeros(dev),
+                            micro_n=_zeros(dev))  # fmt: skip
         self._layers.append(stats)
+        E, k = stats.num_experts, stats.top_k
 
         def on_gate(_mod, _inp, logits):
             stats.pending = F.softmax(logits.float(), dim=-1).sum(dim=0)
 
         def on_router(_mod, _inp, out):
             # no host synchronisation here: everything stays on the device until step_end()
-            if _in_backward():
+            if not torch.compiler.is_compiling() and _in_backward():
                 return
             counts = out[2].detach().to(torch.float64)
             n_local = out[1].shape[0]
             probs = stats.pending.detach().to(torch.float64)
             # the conventional per-micro-batch form (this rank, this micro-batch), for comparison
-            f_local = counts / (stats.top_k * n_local)
-            stats.micro_values.append(stats.num_experts * (f_local * probs / n_local).sum())
-            n = n_local
-            if self.dp_group is not None and dist.get_world_size(self.dp_group) > 1:
-                packed = torch.cat([counts, probs])
-                dist.all_reduce(packed, group=self.dp_group)
-                counts, probs = packed[: stats.num_experts], packed[stats.num_experts :]
-                n = n_local * dist.get_world_size(self.dp_group)  # every rank runs the same micro-batch shape
-            stats.counts = counts if stats.counts is None else stats.counts + counts
-            stats.prob_sum = probs if stats.prob_sum is None else stats.prob_sum + probs
-            stats.tokens += n
+            f_local = counts / (k * n_local)
+            with torch.no_grad():
+                stats.micro_sum.add_(E * (f_local * probs / n_local).sum())
+                stats.micro_n.add_(1.0)
+                if self.dp_group is not None:
+                    packed = funcol.all_reduce(torch.cat([counts, probs]), "sum", self.dp_group)
+                    counts, probs = packed[:E], packed[E:]
+                stats.counts.add_(counts)
+                stats.prob_sum.add_(probs)
+                stats.tokens.add_(counts.sum() / k)  # every token takes k slots: exact, any shapes per rank
 
         def on_moe(_mod, _inp, output):
-            if stats.pending is None or stats.counts is None:
+            if stats.pending is None:
                 return output
-            if self.global_tokens is None:
+            if not self._open:
                 raise RuntimeError("GlobalBatchLoadBalancer.step_begin() was not called")
-            f_run = (stats.counts / (stats.top_k * stats.tokens)).to(stats.pending.dtype)
-            scale = self.coeff * stats.num_experts / (self.global_tokens * self.num_layers)
+            f_run = (stats.counts / (k * stats.tokens)).to(stats.pending.dtype)
+            scale = (self.coeff * E / self.num_layers) / self._global_tokens[0].to(stats.pending.dtype)
             aux = scale * (f_run * stats.pending).sum()
             stats.pending = None
             return _AttachAuxLoss.apply(output, aux.to(output.dtype))
@@ -139,31 +159,41 @@ class GlobalBatchLoadBalancer:
 
     # -- step API ------------------------------------------------------------------------------
     def step_begin(self, global_tokens: int) -> None:
-        self.global_tokens = int(global_tokens)
+        self._global_tokens.fill_(float(global_tokens))
+        self._open = True
         for s in self._layers:
-            s.counts = s.prob_sum = s.pending = None
-            s.tokens = 0
-            s.micro_values = []
+            for t in (s.counts, s.prob_sum, s.tokens, s.micro_sum, s.micro_n):
+                t.zero_()
+            s.pending = None
 
     def step_end(self) -> dict[str, float]:
         """Exact global-batch LBL (times coeff), the per-micro-batch form, and load imbalance."""
-        if not self._layers or self._layers[0].counts is None:
+        if not self._layers:
             return {}
-        glob, micro, imbalance = [], [], []
-        for s in self._layers:
-            f = s.counts / (s.top_k * s.tokens)
-            p = s.prob_sum / s.tokens
-            glob.append(float(s.num_experts * (f * p).sum()))
-            micro.append(float(torch.stack(s.micro_values).mean()))
-            imbalance.append(float(s.counts.max() / s.counts.mean()))
-        n = len(self._layers)
+        counts = torch.stack([s.counts for s in self._layers])  # [L, E]
+        tokens = torch.stack([s.tokens for s in self._layers])  # [L, 1]
+        experts = counts.new_tensor([s.num_experts for s in self._layers])
+        top_k = counts.new_tensor([s.top_k for s in self._layers]).unsqueeze(1)
+        f = counts / (top_k * tokens)
+        p = torch.stack([s.prob_sum for s in self._layers]) / tokens
+        glob = experts * (f * p).sum(dim=1)
+        micro = torch.cat([s.micro_sum / s.micro_n for s in self._layers])
+        imbalance = counts.max(dim=1).values / counts.mean(dim=1)
+        seen, glob, micro, imbalance = torch.stack([tokens.min(), glob.mean(), micro.mean(), imbalance.max()]).tolist()
+        if seen == 0:  # a layer saw no tokens this step (no forward since step_begin)
+            return {}
         return {
-            "moe/lbl_global": self.coeff * sum(glob) / n,
-            "moe/lbl_micro_batch": self.coeff * sum(micro) / n,
-            "moe/load_imbalance": max(imbalance),
+            "moe/lbl_global": self.coeff * glob,
+            "moe/lbl_micro_batch": self.coeff * micro,
+            "moe/load_imbalance": imbalance,
         }
 
     def remove(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
+
+
+def _device_of(moe: nn.Module) -> torch.device:
+    w = moe.router.gate.weight
+    return w.to_local().device if hasattr(w, "to_local") else w.device

@@ -100,6 +100,9 @@ class MoESection(_Strict):
     balance: Literal["global_batch", "aux_free", "none"] = "global_batch"
     coeff: float = Field(1e-3, gt=0)  # global-batch LBL coefficient (HF router_aux_loss_coef)
     aux_free_update_rate: float = Field(1e-3, gt=0)  # torchtitan expert-bias step size
+    # with compile: each MoE block as one graph ("block"; layouts with EP, TP or activation
+    # checkpointing keep torchtitan's regions), or torchtitan's compiled regions with eager glue
+    compile_scope: Literal["block", "regions"] = "block"
 
 
 class CheckpointSection(_Strict):

@@ -195,6 +195,8 @@ def parallelize(model: nn.Module, parallel_dims, job_config, cfg: TrainConfig) -
     if cfg.compile:
         apply_compile(model, job_config.compile, parallel_dims.ep_enabled)
         moe_routing.compile_routing(job_config.compile.backend)
+        if cfg.moe.compile_scope == "block" and whole_moe_blocks_allowed(parallel_dims, cfg):
+            compile_moe_blocks_whole(model, job_config.compile.backend)
     if parallel_dims.fsdp_enabled:
         dtype = torch.bfloat16 if cfg.training.param_dtype == "bfloat16" else torch.float32
         apply_fsdp(model, parallel_dims, dtype, parallel_dims.pp_enabled)
@@ -205,6 +207,39 @@ def parallelize(model: nn.Module, parallel_dims, job_config, cfg: TrainConfig) -
 
         apply_ddp(model, parallel_dims.get_mesh("dp_replicate"), enable_compile=cfg.compile)
     return model
+
+
+def whole_moe_blocks_allowed(parallel_dims, cfg: TrainConfig) -> bool:
+    """Whether an MoE block can compile as one graph: no FSDP group of its own around the experts (EP),
+    no TP hooks inside it, no activation checkpointing around it (a checkpointed region may not mutate
+    the balancer's statistics in the traced graph)."""
+    return not (parallel_dims.ep_enabled or parallel_dims.tp_enabled or cfg.activation_checkpointing != "none")
+
+
+def compile_moe_blocks_whole(model: nn.Module, backend: str) -> int:
+    """After torchtitan's ``apply_compile`` (one compiled region per MoE child, eager glue between them):
+    each MoE block with this project's routing (``moe_routing``) becomes one ``fullgraph`` compile — the
+    residual adds, the routing glue and the load-balancing hooks fuse with their neighbours instead of
+    launching eager kernels between compiled regions. Returns how many blocks were compiled whole."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    from qwen3_trainer.model.titan import MoE
+
+    def orig(module: nn.Module) -> nn.Module:
+        return module._orig_mod if isinstance(module, OptimizedModule) else module
+
+    n = 0
+    for name, block in list(model.layers.named_children()):
+        moe = getattr(block, "moe", None)
+        if (isinstance(block, OptimizedModule) or not getattr(block, "moe_enabled", False)
+                or not isinstance(moe, MoE) or "forward" not in moe.__dict__):
+            continue  # already whole, dense, or torchtitan's own MoE forward (TP+EP)
+        for parent in (block, moe):
+            for attr, child in list(parent.named_children()):
+                parent.register_module(attr, orig(child))
+        model.layers.register_module(name, torch.compile(block, backend=backend, fullgraph=True))
+        n += 1
+    return n
 
 
 class _SumGradOverGroup(torch.autograd.Function):
