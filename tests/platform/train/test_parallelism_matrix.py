@@ -24,7 +24,10 @@ MATRIX = {
     "pp2": ("debugmodel", UNTIED, 2, 2, 2, {"pp": 2, "dp_shard": 1}),
     "fsdp2+tp2": ("debugmodel", None, 4, 1, 2, {"dp_shard": 2, "tp": 2}),
     "hsdp2x2": ("debugmodel", None, 4, 1, 1, {"dp_replicate": 2, "dp_shard": 2}),
+    "fsdp2-moe-compile": ("debugmodel_moe", None, 2, 1, 2, {"dp_shard": 2}),
 }
+# config sections beyond the layout: MoE blocks compiled whole under FSDP (the balancer's all-reduce in the graph)
+SECTIONS = {"fsdp2-moe-compile": {"compile": True}}
 FOUR_RANKS = {"fsdp2+tp2", "hsdp2x2"}  # 4 processes on 2 cores: slow
 REFERENCE = {"debugmodel": "single-debugmodel", "debugmodel_moe": "single-debugmodel_moe"}
 
@@ -59,7 +62,7 @@ def test_layout_matches_single_process(name, tmp_path, corpus, single):
     flavor, extra, world, mb, accum, par = MATRIX[name]
     ref = single(flavor, extra)
     cfg = write_config(tmp_path / "cfg.yaml", corpus, flavor=flavor, model_extra=extra, mb=mb, accum=accum,
-                       parallelism=par)
+                       parallelism=par, **SECTIONS.get(name, {}))
     run_train(cfg, nproc=world)
     got = losses(cfg)
     assert len(got) == len(ref) == 5
