@@ -143,16 +143,27 @@ def attention_sweep(report: dict) -> None:
         print(row, flush=True)
 
 
-def engine_options(report: dict) -> None:
-    """Ours at 0.6B b32 / b256 (128 + 128 tokens, greedy) with the engine's default step compile and
-    with inductor's combo kernels (horizontal fusion of independent kernels), in one process."""
+# inductor options of the engine's step functions, A/B'd by ``--parts options`` (``--options`` picks)
+ENGINE_OPTIONS = {
+    "default": None,
+    "combo_kernels": {"combo_kernels": True},  # horizontal fusion of independent kernels
+    # the GEMMs at M = 32..256 rows: inductor's Triton templates tuned against cuBLAS (no split-K reduce
+    # kernel when a template wins; its epilogue may fuse the next pointwise op)
+    "max_autotune_gemm": {"max_autotune_gemm": True, "max_autotune_gemm_backends": "ATEN,TRITON"},
+    "coordinate_descent": {"coordinate_descent_tuning": True},  # tuned block sizes of the small kernels
+}
+
+
+def engine_options(report: dict, names: list[str]) -> None:
+    """Ours at 0.6B b32 / b256 (128 + 128 tokens, greedy) under each of ``names`` (``ENGINE_OPTIONS``),
+    in one process: the same prompts, the same attention-kernel tuning cache."""
     from qwen3_trainer.model.decode_engine import DecodeEngine
 
     model = seeded_model("0.6B", torch.device("cuda"), torch.bfloat16)
     out = report.setdefault("engine_options", [])
     for batch in (32, 256):
         prompts = prompts_of(batch, 128)
-        for name, opts in (("default", None), ("combo_kernels", {"combo_kernels": True})):
+        for name, opts in ((n, ENGINE_OPTIONS[n]) for n in names):
             try:
                 engine = DecodeEngine(model, inductor_options=opts)
                 t = time.time()
@@ -170,10 +181,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--parts", default="sampling,order,attention")
+    ap.add_argument("--options", default="default,combo_kernels",
+                    help=f"engine option sets for --parts options, of {','.join(ENGINE_OPTIONS)}")
     args = ap.parse_args()
-    report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
     parts = args.parts.split(",")
-    steps = [("sampling", sampling_check), ("attention", attention_sweep), ("options", engine_options),
+    names = args.options.split(",")
+    if unknown := [n for n in names if n not in ENGINE_OPTIONS]:
+        ap.error(f"unknown --options {unknown}: choose from {', '.join(ENGINE_OPTIONS)}")
+    report = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    steps = [("sampling", sampling_check), ("attention", attention_sweep),
+             ("options", lambda r: engine_options(r, names)),
              ("order", lambda r: (kernel_order(r, "0.6B", 32), kernel_order(r, "0.6B", 256)))]  # fmt: skip
     for name, fn in steps:
         if name in parts:
