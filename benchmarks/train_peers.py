@@ -30,6 +30,10 @@ IMPLS = {
     "qwen3-trainer-bf16-compile-nolbl": {"compile": True, "dtype": "bfloat16", "balance": "none"},
     # A/B: torchtitan's compiled regions inside each MoE block (eager glue) instead of one graph a block
     "qwen3-trainer-bf16-compile-regions": {"compile": True, "dtype": "bfloat16", "compile_scope": "regions"},
+    # the clip and AdamW as one compiled graph (optimizer.implementation: compiled) instead of the fused kernel
+    "qwen3-trainer-bf16-compile-adamw-compiled": {"compile": True, "dtype": "bfloat16", "optimizer": "compiled"},
+    "qwen3-trainer-fsdp-mixed-compile-adamw-compiled": {"compile": True, "dtype": "float32", "param_dtype": "bfloat16",
+                                                        "fsdp": True, "optimizer": "compiled"},
     "qwen3-trainer-mp-compile": {"compile": True, "dtype": "float32", "param_dtype": "bfloat16"},
     "qwen3-trainer-fsdp-mixed-compile": {"compile": True, "dtype": "float32", "param_dtype": "bfloat16",
                                          "fsdp": True},
@@ -140,7 +144,7 @@ def build_ours(flavor: str, impl: str, seq: int, mb: int, steps: int, device: st
         "model": {"flavor": flavor},
         "training": {"steps": steps, "micro_batch_size": mb, "seq_len": seq, "device": device,
                      "dtype": knobs.get("dtype", "bfloat16"), "param_dtype": knobs.get("param_dtype", "bfloat16")},
-        "optimizer": {"lr": lr},
+        "optimizer": {"lr": lr, "implementation": knobs.get("optimizer", "auto")},
         "lr": {"schedule": "constant", "warmup_steps": warmup_steps},
         "compile": knobs["compile"],
         "moe": {"balance": knobs.get("balance", "global_batch"), "compile_scope": knobs.get("compile_scope", "block")},
@@ -183,7 +187,9 @@ def ours_peer(flavor: str, impl: str, seq: int, mb: int, device: str, backend: s
         keep = trainer.cfg.float8_keep_bf16
         parts.append(f"float8 {knobs['float8']} linears{'' if 'output' in keep else ' incl. output'}")
     clip = ", separate clip pass" if knobs.get("separate_clip") else ""
-    parts += ["cuDNN SDPA first", f"AdamW ({trainer.job_config.optimizer.implementation}{clip})"]
+    impl_name = ("compiled foreach, clip inside" if trainer.cfg.optimizer.implementation == "compiled"
+                 else trainer.job_config.optimizer.implementation)
+    parts += ["cuDNN SDPA first", f"AdamW ({impl_name}{clip})"]
     if knobs.get("balance") == "none":
         parts.append("no load-balancing loss")
     return Peer(trainer.model_parts[0], lambda batch: trainer.train_step([batch])["loss"],

@@ -85,7 +85,9 @@ class OptimizerSection(_Strict):
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     weight_decay: float = 0.1
-    implementation: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
+    # auto: fused on CUDA, foreach on CPU; compiled (CUDA): the clip and the foreach update as one
+    # torch.compile'd graph (platform/train/optim_step.py)
+    implementation: Literal["auto", "fused", "foreach", "for-loop", "compiled"] = "auto"
 
 
 class LRSection(_Strict):

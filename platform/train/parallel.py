@@ -301,7 +301,7 @@ def to_job_config(cfg: TrainConfig, dims: dict[str, int]):
     impl = o.implementation
     if impl == "auto":
         impl = "fused" if torch.cuda.is_available() else "foreach"
-    jc.optimizer.implementation = impl
+    jc.optimizer.implementation = "foreach" if impl == "compiled" else impl  # compiled: foreach, traced
     jc.lr_scheduler.warmup_steps = lr.warmup_steps
     jc.lr_scheduler.min_lr_factor = lr.min_lr_ratio
     if lr.schedule == "wsd":

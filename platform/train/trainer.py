@@ -224,6 +224,13 @@ class Trainer:
                                                  self.cfg.training.steps)
         if self.converters is not None:
             self.optimizers.register_step_post_hook(lambda *a, **k: self.converters.post_optimizer_hook(self.model_parts))
+        self._compiled_step = None
+        if self.cfg.optimizer.implementation == "compiled":
+            from qwen3_trainer.platform.train import optim_step
+
+            optim_step.make_capturable(self.optimizers.optimizers, self.device)
+            self._compiled_step = optim_step.CompiledStep(self.optimizers, self.job_config.compile.backend,
+                                                          lr_device=self.device)
 
     @property
     def compute_dtype(self) -> torch.dtype:
@@ -380,8 +387,12 @@ class Trainer:
                 for k, v in metrics.items():  # tensors stay on the device until the step ends
                     sums[k] = sums.get(k, 0.0) + v
                 del logits
-        grad_norm = self._clip()
-        self.optimizers.step()
+        if self._compiled_step is not None:
+            grad_norm, grad_scale = self._clip_scale()
+            self._compiled_step(grad_scale)
+        else:
+            grad_norm = self._clip()
+            self.optimizers.step()
         self.lr_schedulers.step()
         self.step += 1
         loss = self._all_reduce(loss.reshape(1)).item() / parallel.ddp_grad_scale(self.pdims)
@@ -404,33 +415,42 @@ class Trainer:
         return out
 
     def _clip(self) -> torch.Tensor:
+        """Clip before ``optimizers.step()``: folded into the fused kernel (``grad_scale``), or
+        torchtitan's separate pass (expert parallelism's per-mesh norms, foreach, for-loop)."""
+        if self.job_config.optimizer.implementation == "fused" and not self.pdims.ep_enabled:
+            total, scale = self._clip_scale()
+            for opt in self.optimizers.optimizers:
+                opt.grad_scale = scale
+            return total
+        return self._clip_pass()
+
+    def _clip_pass(self) -> torch.Tensor:
         from torchtitan.distributed.utils import clip_grad_norm_
 
         params = [p for m in self.model_parts for p in m.parameters()]
         pp_mesh = self.pdims.get_mesh("pp") if self.pdims.pp_enabled else None
-        if self.job_config.optimizer.implementation == "fused" and not self.pdims.ep_enabled:
-            return self._clip_in_fused_step(params, pp_mesh)
         return clip_grad_norm_(params, self.cfg.training.max_norm, foreach=True, pp_mesh=pp_mesh,
                                ep_enabled=self.pdims.ep_enabled)
 
-    def _clip_in_fused_step(self, params: list[torch.Tensor], pp_mesh) -> torch.Tensor:
-        """Gradient clipping folded into the fused AdamW kernel: the total norm is computed as
-        torchtitan's ``clip_grad_norm_`` does, and instead of a separate pass multiplying every
-        gradient by ``min(1, max_norm / (norm + 1e-6))`` the fused step divides them by its
-        inverse (``grad_scale``, the hook ``torch.amp.GradScaler`` uses for unscaling)."""
+    def _clip_scale(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The total norm as torchtitan's ``clip_grad_norm_`` computes it, and instead of multiplying every
+        gradient by ``min(1, max_norm / (norm + 1e-6))`` in a pass of its own, the divisor
+        ``max(1, (norm + 1e-6) / max_norm)`` for the step to apply (the fused kernel's ``grad_scale``,
+        the hook ``torch.amp.GradScaler`` uses for unscaling; the compiled step's division). Under
+        expert parallelism: torchtitan's pass, and no divisor."""
         from torch.distributed.tensor import DTensor
 
+        if self.pdims.ep_enabled:
+            return self._clip_pass(), None
+        params = [p for m in self.model_parts for p in m.parameters()]
         total = total_grad_norm([p.grad for p in params if p.grad is not None])
         if isinstance(total, DTensor):
             total = total.full_tensor()
-        if pp_mesh is not None:
+        if self.pdims.pp_enabled:
             total = total**2
-            dist.all_reduce(total, op=dist.ReduceOp.SUM, group=pp_mesh.get_group())
+            dist.all_reduce(total, op=dist.ReduceOp.SUM, group=self.pdims.get_mesh("pp").get_group())
             total = total**0.5
-        scale = torch.clamp((total.float() + 1e-6) / self.cfg.training.max_norm, min=1.0)
-        for opt in self.optimizers.optimizers:
-            opt.grad_scale = scale
-        return total
+        return total, torch.clamp((total.float() + 1e-6) / self.cfg.training.max_norm, min=1.0)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def _ckpt_state(self) -> dict[str, Any]:
