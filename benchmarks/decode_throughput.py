@@ -49,22 +49,23 @@ def prompts_of(batch: int, prompt_len: int, seed: int = 0) -> list[list[int]]:
     return torch.randint(0, 151_643, (batch, prompt_len), generator=g).tolist()
 
 
-def step_bytes(model, batch: int, context: float) -> float:
+def step_bytes(model, batch: int, context: float, kv_elem: int | None = None) -> float:
     """Bytes one decode step must read: every weight once (the input embedding only as rows, unless
-    tied to the output layer) and the KV cache of ``context`` tokens per row."""
+    tied to the output layer) and the KV cache of ``context`` tokens per row (``kv_elem`` bytes an
+    element: the weights' unless the cache is fp8)."""
     args = model.model_args
     elem = next(model.parameters()).element_size()
     weights = sum(p.numel() for p in model.parameters())
     if not args.enable_weight_tying:
         weights -= model.tok_embeddings.weight.numel()
-    kv = args.n_layers * 2 * args.n_kv_heads * args.head_dim * elem
+    kv = args.n_layers * 2 * args.n_kv_heads * args.head_dim * (kv_elem or elem)
     return weights * elem + batch * context * kv
 
 
-def _row(flavor, impl, batch, prompt_len, new, prefill_s, total_s, model) -> dict:
+def _row(flavor, impl, batch, prompt_len, new, prefill_s, total_s, model, kv_elem: int | None = None) -> dict:
     decode_s = total_s - prefill_s
     tps = batch * (new - 1) / decode_s
-    mbu = step_bytes(model, batch, prompt_len + new / 2) * (tps / batch) / HBM_PEAK
+    mbu = step_bytes(model, batch, prompt_len + new / 2, kv_elem) * (tps / batch) / HBM_PEAK
     return {"flavor": flavor, "impl": impl, "batch": batch, "prompt_len": prompt_len, "new_tokens": new,
             "decode_tokens_per_s": round(tps, 1), "mbu": round(mbu, 3),
             "prefill_seconds": round(prefill_s, 4), "total_seconds": round(total_s, 4)}  # fmt: skip
@@ -164,6 +165,19 @@ def greedy_parity(model, hf, prompts, new: int) -> dict:
     return {"ours_vs_hf": agree(ours, ref), "ours_vs_eager": agree(ours, eager), "hf_vs_eager": agree(ref, eager)}
 
 
+def fp8_kv_agreement(model, prompts, new: int) -> dict:
+    """Greedy tokens with the fp8 KV cache against the model-dtype cache (not a parity claim: how far
+    the rounding moves greedy answers): rows identical, and the mean first step where rows part."""
+    from qwen3_trainer.model.tokenizer import load_tokenizer
+
+    tok, params = load_tokenizer(), SamplingParams(max_new_tokens=new, stop_ids=())
+    full = DecodeEngine(model).generate(prompts, params, tok).tokens
+    fp8 = DecodeEngine(model, kv_dtype="float8_e4m3fn").generate(prompts, params, tok).tokens
+    parts = [next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), new) for a, b in zip(full, fp8, strict=True)]
+    return {"rows": len(prompts), "identical_rows": sum(p == new for p in parts), "mean_first_difference": sum(parts) / len(parts),
+            "new_tokens": new}  # fmt: skip
+
+
 def profile_step(model, prompts, new: int, top: int = 14) -> list[dict]:
     """GPU kernel time per decode step by kernel name: a run of ``new`` tokens minus a prefill-only
     run (where a step's time goes; the graphs' kernels are recorded individually)."""
@@ -228,7 +242,13 @@ def suite_h200(args, report: dict, write) -> dict:
                 pre, tot = time_ours(model, prompts, args.new_tokens, 1, DecodeEngine(model, attention="sdpa"))
                 res.append(_row(flavor, "qwen3-trainer-sdpa-attention", batch, args.prompt_len, args.new_tokens,
                                 pre, tot, model))  # fmt: skip
-            print(json.dumps(res[-4:]), flush=True)
+            if batch > 1:  # opt-in: the KV cache in fp8 (half the bytes the attention streams)
+                fp8 = DecodeEngine(model, kv_dtype="float8_e4m3fn")
+                pre, tot = time_ours(model, prompts, args.new_tokens, args.repeats, fp8)
+                res.append(_row(flavor, "qwen3-trainer-fp8-kv", batch, args.prompt_len, args.new_tokens, pre, tot,
+                                model, kv_elem=1))  # fmt: skip
+                fp8.release()
+            print(json.dumps(res[-5:]), flush=True)
             goal = GOALS.get((flavor, batch))
             best_hf = max(r["decode_tokens_per_s"] for r in hf_rows)
             if (goal and ours["decode_tokens_per_s"] < goal) or ours["decode_tokens_per_s"] < 2 * best_hf:
@@ -238,6 +258,7 @@ def suite_h200(args, report: dict, write) -> dict:
         if flavor == "0.6B":
             prompts = prompts_of(32, args.prompt_len, seed=1)
             report["parity"]["0.6B_bf16"] = greedy_parity(model, hf, prompts, 64)
+            report["parity"]["0.6B_bf16_fp8_kv"] = fp8_kv_agreement(model, prompts, 64)
             write()
             del hf, model
             fp32 = seeded_model("0.6B", dev, torch.float32)
@@ -300,8 +321,12 @@ def suite_one(args, report: dict, write) -> dict:
     dev = torch.device(args.device)
     model = seeded_model(args.flavor, dev, getattr(torch, args.dtype))
     prompts = prompts_of(args.batch, args.prompt_len)
-    pre, tot = time_ours(model, prompts, args.new_tokens, args.repeats)
-    report["rows"] = [_row(args.flavor, "qwen3-trainer", args.batch, args.prompt_len, args.new_tokens, pre, tot, model)]
+    fp8 = args.kv_dtype == "float8_e4m3fn"
+    engine = DecodeEngine(model, kv_dtype=args.kv_dtype) if fp8 else None
+    pre, tot = time_ours(model, prompts, args.new_tokens, args.repeats, engine)
+    impl = "qwen3-trainer-fp8-kv" if fp8 else "qwen3-trainer"
+    report["rows"] = [_row(args.flavor, impl, args.batch, args.prompt_len, args.new_tokens, pre, tot, model,
+                           kv_elem=1 if fp8 else None)]
     return report
 
 
@@ -316,6 +341,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--hf-repeats", type=int, default=1)
+    ap.add_argument("--kv-dtype", default="auto", choices=["auto", "float8_e4m3fn"], help="--suite one: the KV cache")
     ap.add_argument("--out", type=Path, default=None, help="default: results/decode_throughput_<flavor>_<device>.json")
     a = ap.parse_args()
     import transformers

@@ -10,7 +10,8 @@ split-KV decode): online softmax in fp32, the additive mask row read alongside t
 KV heads cannot fill the GPU, the keys are split over programs and a second kernel merges the parts.
 
 ``decode_attention(q, k, v, bias, window, scale)``: q [B, H_kv, n_rep, D], k/v [B, H_kv, L, D]
-(first ``window`` columns used), bias [B, L] (0 / -inf) -> [B, H_kv, n_rep, D].
+(first ``window`` columns used; q's dtype or float8_e4m3fn, widened to q's dtype as loaded), bias
+[B, L] (0 / -inf) -> [B, H_kv, n_rep, D].
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ _tuned: dict[tuple, tuple] = {}
 
 
 def sdpa(q, k, v, bias, window: int, scale: float) -> torch.Tensor:
-    return F.scaled_dot_product_attention(q, k[:, :, :window], v[:, :, :window],
-                                          attn_mask=bias[:, None, None, :window], scale=scale)  # fmt: skip
+    k, v = (t[:, :, :window].to(q.dtype) for t in (k, v))  # an fp8 cache widens to the query's dtype
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias[:, None, None, :window], scale=scale)
 
 
 def usable(q: torch.Tensor) -> bool:
@@ -72,14 +73,14 @@ if triton is not None:
             cols = start + n0 + n
             ok = cols < end
             k = tl.load(K + b * skb + h * skh + cols[:, None] * skn + d[None, :], mask=ok[:, None], other=0.0)
-            s = tl.dot(q, tl.trans(k)) * scale
+            s = tl.dot(q, tl.trans(k.to(q.dtype))) * scale  # an fp8 cache widens to the query's dtype
             s += tl.load(Bias + b * sbb + cols, mask=ok, other=float("-inf")).to(tl.float32)[None, :]
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
             v = tl.load(V + b * svb + h * svh + cols[:, None] * svn + d[None, :], mask=ok[:, None], other=0.0)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + tl.dot(p.to(q.dtype), v.to(q.dtype))
             m_i = m_new
         if SPLITS == 1:
             out = acc / l_i[:, None]
@@ -164,7 +165,7 @@ def decode_attention(q, k, v, bias, window: int, scale: float) -> torch.Tensor:
     if not usable(q):
         return sdpa(q, k, v, bias, window, scale)
     q = q.contiguous()
-    key = (*q.shape, q.dtype, k.stride(0), window, torch.cuda.get_device_name(q.device))
+    key = (*q.shape, q.dtype, k.dtype, k.stride(0), window, torch.cuda.get_device_name(q.device))
     config = _tuned.get(key)
     if config is None:  # tuned in the warm-up before a capture; never while capturing
         config = DEFAULT if torch.cuda.is_current_stream_capturing() else _tune(key, (q, k, v, bias, window, scale))
@@ -173,5 +174,5 @@ def decode_attention(q, k, v, bias, window: int, scale: float) -> torch.Tensor:
 
 def tuned() -> dict[str, str]:
     """The configs chosen so far (for benchmark reports)."""
-    return {f"b{k[0]} kv{k[1]} rep{k[2]} w{k[6]}": "block {}, warps {}, stages {}, splits {}, heads {}".format(*v)
-            for k, v in _tuned.items()}  # fmt: skip
+    return {f"b{k[0]} kv{k[1]} rep{k[2]} w{k[7]}{' fp8' if k[5] != k[4] else ''}":
+            "block {}, warps {}, stages {}, splits {}, heads {}".format(*v) for k, v in _tuned.items()}  # fmt: skip

@@ -45,7 +45,14 @@ from qwen3_trainer.model.generation import (
     _save_moe_counters,
     _thinking_at_prompt_end,
 )
-from qwen3_trainer.model.kv_cache import FORCED_CAPACITY, STOP_CAPACITY, DecodeWorkspace
+from qwen3_trainer.model.kv_cache import (
+    FORCED_CAPACITY,
+    STOP_CAPACITY,
+    DecodeWorkspace,
+    kv_bytes,
+    kv_dtype_of,
+    to_kv,
+)
 
 log = logging.getLogger("qwen3_trainer.decode")
 
@@ -172,8 +179,10 @@ class DecodeEngine:
     def __init__(self, model, *, buckets: tuple[int, ...] = DEFAULT_BUCKETS, compile: bool | None = None,
                  cuda_graphs: bool | None = None, stop_check_interval: int | None = None,
                  max_len: int | None = None, compact: bool = True, pack_weights: bool | None = None,
-                 attention: str | None = None, inductor_options: dict | None = None):  # fmt: skip
+                 attention: str | None = None, inductor_options: dict | None = None,
+                 kv_dtype: str | None = None):  # fmt: skip
         self._model = weakref.ref(model)
+        self.kv_dtype = kv_dtype_of(kv_dtype, model.tok_embeddings.weight.dtype)  # float8_e4m3fn: opt-in
         self.inductor_options = inductor_options  # torch.compile(options=...) of the step functions
         cuda = model.tok_embeddings.weight.device.type == "cuda"
         self.compile = cuda if compile is None else compile
@@ -282,7 +291,8 @@ class DecodeEngine:
             self._drop_graphs()
             self.ws = None
             cap = max(b, ws.capacity if ws is not None else 0)
-            self.ws = ws = DecodeWorkspace(self.model, cap, max(length, ws.length if ws is not None else 0))
+            self.ws = ws = DecodeWorkspace(self.model, cap, max(length, ws.length if ws is not None else 0),
+                                           self.kv_dtype)
         return ws
 
     def _weights(self):
@@ -450,8 +460,8 @@ class DecodeEngine:
                     q, k = a.q_norm(q), a.k_norm(k)
                 q, k = (decode_step.rotate(t, cos, sin).transpose(1, 2) for t in (q, k))
                 v = v.transpose(1, 2)
-                ws.k[i][dest, :, :plen] = k[src]
-                ws.v[i][dest, :, :plen] = v[src]
+                kv_bytes(ws.k[i])[dest, :, :plen] = to_kv(k[src], ws.kv_dtype)
+                kv_bytes(ws.v[i])[dest, :, :plen] = to_kv(v[src], ws.kv_dtype)
                 out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], scale=a.scaling,
                                                      enable_gqa=True)  # fmt: skip
                 h = h + a.wo(out.transpose(1, 2).reshape(u, plen, -1))
@@ -469,7 +479,7 @@ class DecodeEngine:
         z = None  # the last GEMM's output, not yet added to h: the next function's first op adds it
         for i, (layer, aw, wo, fw, w2, pre_key, ffn_key, scale) in enumerate(layers):
             kc, vc = ws.k[i][:b], ws.v[i][:b]
-            h, q = self._fn("pre", *pre_key)(h, z, aw, kc, vc, cos, sin, st.slot)
+            h, q = self._fn("pre", *pre_key)(h, z, aw, kv_bytes(kc), kv_bytes(vc), cos, sin, st.slot)
             y = F.linear(attend(q, kc, vc, bias, window, scale).reshape(b, -1), wo)
             if fw is None:  # MoE: torchtitan's own block, eagerly (inside the graph on CUDA)
                 h = h + y

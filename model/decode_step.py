@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from qwen3_trainer.model import sampling
+from qwen3_trainer.model.kv_cache import FP8, to_kv
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -48,8 +49,9 @@ def _make_pre(eps: tuple, sizes: tuple[int, int], residual: bool):
         if qn is not None:
             q, k = F.rms_norm(q, (hd,), qn, eps[1]), F.rms_norm(k, (hd,), kn, eps[2])
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        k_cache.index_copy_(2, slot, k.unsqueeze(2))
-        v_cache.index_copy_(2, slot, v.unsqueeze(2))
+        kv = FP8 if k_cache.dtype == torch.uint8 else k_cache.dtype  # an fp8 cache arrives as its bytes
+        k_cache.index_copy_(2, slot, to_kv(k.unsqueeze(2), kv))
+        v_cache.index_copy_(2, slot, to_kv(v.unsqueeze(2), kv))
         return h, q.view(b, kvh, -1, hd)
 
     return pre

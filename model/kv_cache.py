@@ -11,6 +11,12 @@ step that updates two views of one allocation would go through AOTAutograd's syn
 copy of the whole base); ``bias`` [B, L] additive attention mask (0 where a row may attend, -inf
 elsewhere: index-based causal masking, one column opened per step, never rebuilt). Cache column ``c``
 holds the token written at step ``c``; a row's RoPE position counts only its own real tokens.
+
+KV dtype: the model's (default) or ``float8_e4m3fn`` (``kv_dtype``, opt-in): half the bytes the decode
+attention streams, as vLLM's ``kv_cache_dtype=fp8`` with its default unit scale (values are clamped
+to e4m3's +-448; Qwen3's K comes out of an RMSNorm). Prefill attends over its own unrounded K/V;
+later steps read the rounded cache. Index ops go through a uint8 view of an fp8 cache (torch has no
+fp8 ``index_copy_`` on CPU), which moves the same bytes.
 """
 
 from __future__ import annotations
@@ -19,6 +25,9 @@ from dataclasses import dataclass, fields
 
 import torch
 
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0  # largest finite e4m3fn value
+KV_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "float8_e4m3fn": FP8}
 FORCED_CAPACITY = 256  # tokens of the stop-thinking text a workspace holds
 STOP_CAPACITY = 32  # stop ids a workspace holds
 
@@ -45,18 +54,41 @@ class RowState:
         return [getattr(self, f.name) for f in fields(self)]
 
 
+def kv_dtype_of(name: str | torch.dtype | None, model_dtype: torch.dtype) -> torch.dtype:
+    """The cache dtype for ``name`` (None: the model's), or a one-line error."""
+    if name is None:
+        return model_dtype
+    dtype = KV_DTYPES.get(name) if isinstance(name, str) else name
+    if dtype not in KV_DTYPES.values():
+        raise ValueError(f"kv_dtype {name!r} is not one of {', '.join(KV_DTYPES)}")
+    return dtype
+
+
+def to_kv(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` as the cache stores it: fp8 clamped to its finite range, then viewed as uint8 bytes."""
+    if dtype != FP8:
+        return x.to(dtype)
+    return x.clamp(-FP8_MAX, FP8_MAX).to(FP8).view(torch.uint8)
+
+
+def kv_bytes(cache: torch.Tensor) -> torch.Tensor:
+    """A view of ``cache`` for index ops: its uint8 bytes when fp8, else itself."""
+    return cache.view(torch.uint8) if cache.dtype == FP8 else cache
+
+
 class DecodeWorkspace:
     """KV cache, row state, results and sampling settings for ``capacity`` rows and ``length`` columns."""
 
-    def __init__(self, model, capacity: int, length: int):
+    def __init__(self, model, capacity: int, length: int, kv_dtype: torch.dtype | None = None):
         p = model.tok_embeddings.weight
         attn = model.layers["0"].attention
         kv_heads, hd = attn.wk.out_features // attn.head_dim, attn.head_dim
         dev, dt = p.device, p.dtype
         self.capacity, self.length, self.device, self.dtype = capacity, length, dev, dt
+        self.kv_dtype = kv_dtype or dt
         shape = (capacity, kv_heads, length, hd)
-        self.k = [torch.zeros(shape, dtype=dt, device=dev) for _ in model.layers]
-        self.v = [torch.zeros(shape, dtype=dt, device=dev) for _ in model.layers]
+        self.k = [torch.zeros(shape, dtype=self.kv_dtype, device=dev) for _ in model.layers]
+        self.v = [torch.zeros(shape, dtype=self.kv_dtype, device=dev) for _ in model.layers]
         self.bias = torch.full((capacity, length), float("-inf"), dtype=dt, device=dev)
 
         def z(dtype=torch.long, n=capacity):
@@ -96,7 +128,7 @@ class DecodeWorkspace:
     def compact(self, keep: torch.Tensor, b: int) -> None:
         """Move rows ``keep`` (device long, ascending) to the front and pad to bucket ``b`` with done rows."""
         n = keep.numel()
-        for t in (*self.k, *self.v, self.bias):
+        for t in (*map(kv_bytes, self.k), *map(kv_bytes, self.v), self.bias):
             t[:n] = t.index_select(0, keep)
         st = self.state
         for t in (st.tok, st.pos, st.row, st.done, st.thinking, st.count, st.qpos):

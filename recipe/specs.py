@@ -193,6 +193,8 @@ class GRPOObjective(_Strict):
     dynamic_sampling: bool = False              # DAPO: drop equal-reward groups, refill from further prompts
     dynamic_sampling_rounds: int = Field(2, ge=0)  # extra rollout rounds a step may take to refill
     logprob_chunk: int = Field(2048, gt=0)      # token rows per fp32 log-softmax chunk
+    # the rollout engine's KV cache: the model's dtype, or fp8 (half the bytes decode attention reads)
+    rollout_kv_dtype: Literal["auto", "float8_e4m3fn"] = "auto"
     rewards: list[Reward] = [Reward(name="math"), Reward(name="format", weight=0.2)]
     eval_size: int = Field(64, ge=0)
 
@@ -223,6 +225,7 @@ class DistillObjective(_WithOptionalSteps):
     top_p: float = Field(0.95, gt=0, le=1)
     teacher_temperature: float = Field(0.3, gt=0)  # target softmax(teacher / tau) (posttrain run 7)
     eval_size: int = Field(64, ge=0)
+    rollout_kv_dtype: Literal["auto", "float8_e4m3fn"] = "auto"  # the student's rollout KV cache
     teacher_cache: TeacherCacheStep | None = None  # off-policy KL from cached top-k (None: live teacher)
 
     @model_validator(mode="after")

@@ -234,13 +234,16 @@ class DistillOnPolicy(BatchProducer):
                  max_new_tokens: Annotated[int, Field(ge=1)] = 64, temperature: Annotated[float, Field(gt=0)] = 1.0,
                  top_p: Annotated[float, Field(gt=0, le=1)] = 1.0, eval_queries: str | list[str] | None = None,
                  eval_size: Annotated[int, Field(ge=0)] = 64, seed: int = 0,
-                 teacher_temperature: Annotated[float, Field(gt=0)] = 1.0, teacher_cache: str | None = None):
+                 teacher_temperature: Annotated[float, Field(gt=0)] = 1.0, teacher_cache: str | None = None,
+                 rollout_kv_dtype: Literal["auto", "float8_e4m3fn"] = "auto"):
         if offpolicy_steps and not (offpolicy_data or teacher_cache):
             raise ValueError("distill_onpolicy: params.offpolicy_steps needs params.offpolicy_data "
                              "(or params.teacher_cache)")
         # the off-policy phase's forward KL is at temperature 1: so must the cached teacher be
         self.cache = _open_cache("distill_onpolicy", teacher_cache, 1.0) if teacher_cache else None
         self.teacher_temperature = float(teacher_temperature)
+        # the student's rollout engine: its KV cache in fp8 (model/kv_cache.py), or the model's dtype
+        self.engine_options = {} if rollout_kv_dtype == "auto" else {"kv_dtype": rollout_kv_dtype}
         self.offpolicy_mode = offpolicy_mode
         self.teacher, self.prompts = teacher, prompts
         self.offpolicy_data, self.offpolicy_steps = offpolicy_data, offpolicy_steps
@@ -288,7 +291,7 @@ class DistillOnPolicy(BatchProducer):
         self.held = load_queries(self.eval_queries, "eval_queries")[: self.eval_size] if self.eval_queries else []
         self.offline = (_offpolicy_samples(self, self.tok, seq_len, trainer.model_args.vocab_size)
                         if self.offpolicy_steps else [])
-        self.policy_engine = rollouts.PolicyEngine(trainer, self.tok)
+        self.policy_engine = rollouts.PolicyEngine(trainer, self.tok, engine_options=self.engine_options)
         self.evaluate(trainer)
 
     def steps(self, trainer):

@@ -28,7 +28,9 @@ options verl and TRL users expect:
   fp32 tensor is never held;
 - ``free_engine_weights``: the rollout engine's weights are freed after each round's sampling and
   re-gathered by the next sync (rollouts.PolicyEngine), for a policy whose engine copy does not fit
-  beside training.
+  beside training;
+- ``rollout_kv_dtype: float8_e4m3fn``: the local rollout engine's KV cache in fp8 (half the bytes its
+  attention streams; ``model/kv_cache.py``), as vLLM's ``kv_cache_dtype=fp8``; ``auto``: the model's dtype.
 
 The reference and any reward / judge model are the trainer's frozen models (``Trainer.load_frozen``):
 sharded like the policy, in the compute dtype, so every rank runs the same number of their forwards.
@@ -202,7 +204,8 @@ class GRPO(BatchProducer):
                  dynamic_sampling: bool = False, dynamic_sampling_rounds: _Count = 2,
                  logprob_chunk: _Pos = losses.CHUNK_ROWS, rewards: list[dict] | None = None,
                  eval_interval: _Count = 0, eval_size: _Count = 64, eval_max_new_tokens: _Pos | None = None,
-                 free_engine_weights: bool = False, seed: int = 0):
+                 free_engine_weights: bool = False, rollout_kv_dtype: Literal["auto", "float8_e4m3fn"] = "auto",
+                 seed: int = 0):
         from qwen3_trainer.platform.posttrain.rewards import check_spec
 
         if overlong_buffer > max_new_tokens:
@@ -228,6 +231,7 @@ class GRPO(BatchProducer):
         self.eval_interval, self.eval_size = eval_interval, eval_size
         self.eval_max_new_tokens = eval_max_new_tokens or max_new_tokens
         self.seed, self.free_engine_weights = seed, free_engine_weights
+        self.engine_options = {} if rollout_kv_dtype == "auto" else {"kv_dtype": rollout_kv_dtype}
         self.engine = None  # set by a caller to use a remote engine (vLLM) instead of the local copy
 
     # -- the loss --------------------------------------------------------------------------------
@@ -270,7 +274,8 @@ class GRPO(BatchProducer):
                                      vocab_size=trainer.model_args.vocab_size, load_model=trainer.load_frozen,
                                      seq_multiple=trainer.seq_multiple)
         self.policy_engine = rollouts.PolicyEngine(trainer, self.tok, self.engine,
-                                                   free_weights=self.free_engine_weights)
+                                                   free_weights=self.free_engine_weights,
+                                                   engine_options=self.engine_options)
         if self.kl_coef > 0:
             ref = self.reference or trainer.cfg.init.path
             if not ref:

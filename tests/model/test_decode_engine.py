@@ -172,3 +172,39 @@ def test_a_step_function_that_fails_to_compile_runs_uncompiled(dense, tok, monke
         got = DecodeEngine(dense, compile=True).generate(prompts, params, tok).tokens
     assert got == want
     assert any("runs uncompiled" in r.message for r in caplog.records)
+
+
+@pytest.mark.parametrize("flavor", ["debugmodel", "debugmodel_moe"])
+def test_fp8_kv_cache_rounds_only_the_cache(flavor, dense, tok, monkeypatch):
+    """``kv_dtype="float8_e4m3fn"``: the cache is fp8 (a quarter of an fp32 model's bytes), and prefill,
+    decode writes, compaction and attention through it give exactly what a full-precision cache holding
+    fp8-rounded K/V gives (same tokens, log-probs to 1e-5): rounding the cache is the only change. The
+    first token comes from the unrounded prefill (equal to the default engine's); anything else as
+    ``kv_dtype`` fails in one line."""
+    from qwen3_trainer.model import decode_engine, decode_step, kv_cache
+
+    model = dense if flavor == "debugmodel" else random_model(flavor)
+    prompts = chat_prompts(tok, ["Hi", "What is 2+2?", "Name a colour.", "Hello", "Why?"])
+    free = generate_eager(model, prompts, tok, max_new_tokens=16, stop_ids=())
+    params = SamplingParams(max_new_tokens=16, stop_ids=(free.tokens[0][2], free.tokens[1][3]))
+    full = DecodeEngine(model).generate(prompts, params, tok)
+    engine = DecodeEngine(model, kv_dtype="float8_e4m3fn")
+    out = engine.generate(prompts, params, tok)
+    assert engine.stats["compactions"] >= 1
+
+    def rounded(x, dtype):  # the reference: fp8 values in a cache of the model's dtype
+        return x.clamp(-kv_cache.FP8_MAX, kv_cache.FP8_MAX).to(kv_cache.FP8).to(dtype)
+
+    with monkeypatch.context() as m:
+        m.setattr(decode_step, "to_kv", rounded)
+        m.setattr(decode_engine, "to_kv", rounded)
+        ref = DecodeEngine(model).generate(prompts, params, tok)
+    assert out.tokens == ref.tokens and out.finish_reasons == ref.finish_reasons
+    for a, b, c in zip(out.logprobs, ref.logprobs, full.logprobs, strict=True):
+        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 1e-5
+        assert abs(a[0] - c[0]) < 1e-5
+    assert out.logprobs != full.logprobs  # the rounding is real
+    ws = engine._workspace(8, 64)
+    assert ws.k[0].dtype == torch.float8_e4m3fn and ws.nbytes() * 4 == DecodeEngine(model)._workspace(8, 64).nbytes()
+    with pytest.raises(ValueError, match="kv_dtype 'int4' is not one of"):
+        DecodeEngine(model, kv_dtype="int4")

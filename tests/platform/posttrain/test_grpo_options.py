@@ -233,6 +233,7 @@ def test_dynamic_sampling_is_bounded_and_falls_back(tok):
     ({"overlong_buffer": 65}, "params.overlong_buffer"),
     ({"kl_in_reward": True}, "params.kl_in_reward"),
     ({"temperature": 0.0}, "params.temperature"),
+    ({"rollout_kv_dtype": "fp4"}, "params.rollout_kv_dtype"),
 ])
 def test_bad_params_are_one_line_errors_naming_the_key(params, key):
     with pytest.raises(ValueError) as err:
