@@ -15,7 +15,7 @@ def _trainer(compile_: bool, scope: str, tmp_path):
     from qwen3_trainer.platform.train.trainer import Trainer
 
     cfg = TrainConfig.model_validate({
-        "model": {"flavor": "debugmodel_moe"},
+        "model": {"flavor": "debugmodel_moe", "n_layers": 1},  # one MoE block: one graph to compile
         "training": {"steps": 3, "micro_batch_size": 2, "seq_len": 32, "device": "cpu", "seed": 0},
         "optimizer": {"lr": 3e-3},
         "lr": {"schedule": "constant"},
