@@ -111,12 +111,10 @@ class GlobalBatchLoadBalancer:
 
     # -- hooks ---------------------------------------------------------------------------------
     def _attach(self, moe: nn.Module) -> None:
-        dev = self.device
-        stats = _LayerStats(num_experts=moe.experts.num_experts, top_k=moe.router.top_k, counts=_zeros(dev, moe.experts.num_experts),
-                            prob_sum=_zeros(dev, moe.experts.num_experts), tokens=_zeros(dev), micro_sum=_zeros(dev),
-                            micro_n=_zeros(dev))  # fmt: skip
+        dev, E, k = self.device, moe.experts.num_experts, moe.router.top_k
+        stats = _LayerStats(num_experts=E, top_k=k, counts=_zeros(dev, E), prob_sum=_zeros(dev, E),
+                            tokens=_zeros(dev), micro_sum=_zeros(dev), micro_n=_zeros(dev))
         self._layers.append(stats)
-        E, k = stats.num_experts, stats.top_k
 
         def on_gate(_mod, _inp, logits):
             stats.pending = F.softmax(logits.float(), dim=-1).sum(dim=0)
