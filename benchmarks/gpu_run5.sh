@@ -3,30 +3,30 @@
 # Each part fits one call; results land in $OUT with today's date.
 set -x -o pipefail
 source benchmarks/gpu_env.sh
-D=$(date +%F)
+D=$(date +%F)-$(nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200 && echo h200 || echo h100)
 left() { local t=$((${LIMIT:-570} - SECONDS)); echo $((t > 1 ? t : 1)); }
 case "$1" in
 moe)  # issue 21: the MoE rows at mb 4 first (ours was never timed there), then the A/B of this session's changes
   timeout $(left) python3 benchmarks/train_throughput.py --peers --models 30B-A3B-8L --budget-s 300 \
-    --out $OUT/$D-h200-peers-moe.json 2>&1 | grep -v Warning
+    --out $OUT/$D-peers-moe.json 2>&1 | grep -v Warning
   timeout $(left) python3 benchmarks/train_throughput.py --models 30B-A3B-8L --mb 4 \
     --impls qwen3-trainer-bf16-compile-regions,qwen3-trainer-bf16-compile-adamw-compiled \
-    --out $OUT/$D-h200-moe-ab.json 2>&1 | grep -v Warning
+    --out $OUT/$D-moe-ab.json 2>&1 | grep -v Warning
   ;;
 dense)  # issue 21: the compiled optimizer step at 1.7B (pure bf16 and FSDP mixed), beside the default rows
   timeout $(left) python3 benchmarks/train_throughput.py --models 1.7B --mb 4 \
     --impls qwen3-trainer-bf16-compile,qwen3-trainer-bf16-compile-adamw-compiled,qwen3-trainer-fsdp-mixed-compile,qwen3-trainer-fsdp-mixed-compile-adamw-compiled \
-    --out $OUT/$D-h200-optim-ab.json 2>&1 | grep -v Warning
+    --out $OUT/$D-optim-ab.json 2>&1 | grep -v Warning
   ;;
 decode)  # issue 19: the fp8 KV cache beside the default engine at 0.6B b32 / b256, then the GEMM-tuning A/B
   for b in 32 256; do
     for kv in auto float8_e4m3fn; do
       timeout $(left) python3 benchmarks/decode_throughput.py --flavor 0.6B --device cuda --dtype bfloat16 \
-        --batch $b --kv-dtype $kv --out $OUT/$D-h200-decode-b$b-$kv.json 2>&1 | grep -v Warning | tail -3
+        --batch $b --kv-dtype $kv --out $OUT/$D-decode-b$b-$kv.json 2>&1 | grep -v Warning | tail -3
     done
   done
   timeout $(left) python3 benchmarks/decode_diag.py --parts options --options default,max_autotune_gemm,coordinate_descent \
-    --out $OUT/$D-h200-decode-options.json 2>&1 | grep -v Warning
+    --out $OUT/$D-decode-options.json 2>&1 | grep -v Warning
   ;;
 *) echo "usage: bash benchmarks/gpu_run5.sh moe|dense|decode"; exit 2 ;;
 esac
