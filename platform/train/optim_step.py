@@ -6,7 +6,8 @@ divides every gradient by the clip factor and runs the foreach update in one ``t
 function, so inductor fuses the clip and the whole update into a few kernels per parameter group.
 On one H200 that step took 28.3 ms at 30B-A3B-8L and 8.9 ms at 1.7B against 33.9 / 10.9 ms for the
 fused kernel with the clip folded in (``benchmarks/optimizer_step.py``, BENCHMARKS.md), after 41-69 s
-of compilation per process.
+of compilation per process. Inside the trainer's step it does not pay (H100, 2026-12-05/07: −1.7% at 1.7B
+pure bf16, +0.5% under FSDP mixed, −3% at 30B-A3B-8L), so it is opt-in and ``fused`` stays the default.
 
 The learning rate is handed to the graph as a device tensor (filled from the scheduler's float each
 step, put back as the float after it: checkpoints and the LR scheduler see what they always see) and the
