@@ -7,6 +7,8 @@ must read — the weights once, the KV cache of the mean context — times steps
     python benchmarks/decode_throughput.py --suite h200 \\
         --out benchmarks/results/2026-12-03-h200-decode.json                     # issue 19's matrix, H200
     python benchmarks/decode_throughput.py --suite smoke --out $OUT/smoke.json   # GPU checks, one row
+    python benchmarks/decode_throughput.py --suite fp8-agreement --flavor 0.6B --device cuda --dtype bfloat16 \\
+        --new-tokens 64 --out $OUT/fp8-kv-agreement.json                         # fp8 vs bf16 KV, 32 rows
 
 ``--suite h200`` also checks greedy parity of 0.6B (ours vs HF, fp32 and bf16) and writes a kernel
 profile of one decode step for every row that misses its goal.
@@ -330,9 +332,18 @@ def suite_one(args, report: dict, write) -> dict:
     return report
 
 
+def suite_fp8_agreement(args, report: dict, write) -> dict:
+    """The fp8 KV cache's greedy tokens against the model-dtype cache alone (``fp8_kv_agreement``):
+    ``--batch`` rows of the seed-1 prompts that ``--suite h200``'s parity check uses."""
+    model = seeded_model(args.flavor, torch.device(args.device), getattr(torch, args.dtype))
+    prompts = prompts_of(args.batch, args.prompt_len, seed=1)
+    report["parity"] = {f"{args.flavor}_{args.dtype}_fp8_kv": fp8_kv_agreement(model, prompts, args.new_tokens)}
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--suite", default="one", choices=["one", "h200", "smoke"])
+    ap.add_argument("--suite", default="one", choices=["one", "h200", "smoke", "fp8-agreement"])
     ap.add_argument("--flavor", default="debugmodel")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -348,7 +359,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     machine = {"processor": platform.processor() or platform.machine()}
-    cuda = a.suite != "one" or a.device.startswith("cuda")
+    cuda = a.suite in ("h200", "smoke") or a.device.startswith("cuda")
     if cuda:
         machine.update(gpu=torch.cuda.get_device_name(), hbm_peak_bytes_per_s=HBM_PEAK,
                        measured_copy_bytes_per_s=round(copy_bandwidth(torch.device("cuda")) / 1e10) * 1e10)
@@ -370,7 +381,8 @@ def main() -> None:
         report["wall_seconds"] = round(time.perf_counter() - t0, 1)
         out.write_text(json.dumps(report, indent=2) + "\n")
 
-    {"one": suite_one, "h200": suite_h200, "smoke": suite_smoke}[a.suite](a, report, write)
+    suites = {"one": suite_one, "h200": suite_h200, "smoke": suite_smoke, "fp8-agreement": suite_fp8_agreement}
+    suites[a.suite](a, report, write)
     write()
     print(json.dumps(report.get("rows", []), indent=1))
 
