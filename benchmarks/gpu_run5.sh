@@ -28,5 +28,21 @@ decode)  # issue 19: the fp8 KV cache beside the default engine at 0.6B b32 / b2
   timeout $(left) python3 benchmarks/decode_diag.py --parts options --options default,max_autotune_gemm,coordinate_descent \
     --out $OUT/$D-decode-options.json 2>&1 | grep -v Warning
   ;;
-*) echo "usage: bash benchmarks/gpu_run5.sh moe|dense|decode"; exit 2 ;;
+auto)  # one call on whichever card comes: the H200 tables of issues 19 and 21 (decode with the fp8 rows, then the
+       # 1.7B peers), or on an H100 the same-call ratios not yet measured there (1.7B and MoE vs torchtitan and HF,
+       # then the fp8 cache's greedy agreement)
+  if [[ $D == *h200 ]]; then
+    timeout $(left) python3 benchmarks/decode_throughput.py --suite h200 --out $OUT/$D-decode.json 2>&1 \
+      | grep -v Warning | tail -25
+    timeout $(left) python3 benchmarks/train_throughput.py --peers --models 1.7B --mb 1.7B:4 \
+      --impls qwen3-trainer-bf16-compile,torchtitan-bf16-compile,hf-compile --budget-s $(($(left) - 25)) --out $OUT/$D-peers-1.7B.json 2>&1 | grep -v Warning | tail -25
+  else
+    timeout $(left) python3 benchmarks/train_throughput.py --peers --models 1.7B,30B-A3B-8L \
+      --impls qwen3-trainer-bf16-compile,torchtitan-bf16-compile,hf-compile --mb 1.7B:4,30B-A3B-8L:4/2 \
+      --budget-s $(($(left) - 110)) --out $OUT/$D-peers.json 2>&1 | grep -v Warning | tail -30
+    timeout $(left) python3 benchmarks/decode_throughput.py --suite fp8-agreement --flavor 0.6B --device cuda \
+      --dtype bfloat16 --batch 32 --new-tokens 64 --out $OUT/$D-fp8-agreement.json 2>&1 | grep -v Warning | tail -8
+  fi
+  ;;
+*) echo "usage: bash benchmarks/gpu_run5.sh moe|dense|decode|auto"; exit 2 ;;
 esac
