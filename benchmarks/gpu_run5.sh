@@ -1,4 +1,4 @@
-# Device calls for what session 11 built without a GPU (issues 21 and 19), on nvidia-h200:
+# Device calls for issues 21 and 19 on nvidia-h200 (`auto`: whichever card comes, H200 or H100):
 #   bash benchmarks/gpu_run5.sh PART        (LIMIT: the call's seconds, less a margin; default 570)
 # Each part fits one call; results land in $OUT with today's date.
 set -x -o pipefail
