@@ -2,7 +2,7 @@
 #   bash benchmarks/gpu_run5.sh PART        (LIMIT: the call's seconds, less a margin; default 570)
 # Each part fits one call; results land in $OUT with today's date.
 set -x -o pipefail
-source benchmarks/gpu_env.sh
+[[ $PYTHONPATH == /tmp/pkg:* ]] || source benchmarks/gpu_env.sh  # once, also for a nested part
 D=$(date +%F)-$(nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200 && echo h200 || echo h100)
 left() { local t=$((${LIMIT:-570} - SECONDS)); echo $((t > 1 ? t : 1)); }
 case "$1" in
@@ -29,20 +29,24 @@ decode)  # issue 19: the fp8 KV cache beside the default engine at 0.6B b32 / b2
     --out $OUT/$D-decode-options.json 2>&1 | grep -v Warning
   ;;
 auto)  # one call on whichever card comes: the H200 tables of issues 19 and 21 (decode with the fp8 rows, then the
-       # 1.7B peers), or on an H100 the same-call ratios not yet measured there (1.7B and MoE vs torchtitan and HF,
-       # then the fp8 cache's greedy agreement)
-  if [[ $D == *h200 ]]; then
+       # 1.7B peers), or on an H100 the `loop` part below
+  if [[ $D == *h200 ]]; then  # the tables of record; the loop columns come with the peers rows
     timeout $(left) python3 benchmarks/decode_throughput.py --suite h200 --out $OUT/$D-decode.json 2>&1 \
       | grep -v Warning | tail -25
     timeout $(left) python3 benchmarks/train_throughput.py --peers --models 1.7B --mb 1.7B:4 \
       --impls qwen3-trainer-bf16-compile,torchtitan-bf16-compile,hf-compile --budget-s $(($(left) - 25)) --out $OUT/$D-peers-1.7B.json 2>&1 | grep -v Warning | tail -25
-  else
-    timeout $(left) python3 benchmarks/train_throughput.py --peers --models 1.7B,30B-A3B-8L \
-      --impls qwen3-trainer-bf16-compile,torchtitan-bf16-compile,hf-compile --mb 1.7B:4,30B-A3B-8L:4/2 \
-      --budget-s $(($(left) - 110)) --out $OUT/$D-peers.json 2>&1 | grep -v Warning | tail -30
-    timeout $(left) python3 benchmarks/decode_throughput.py --suite fp8-agreement --flavor 0.6B --device cuda \
-      --dtype bfloat16 --batch 32 --new-tokens 64 --out $OUT/$D-fp8-agreement.json 2>&1 | grep -v Warning | tail -8
+  else  # on an H100: this session's part (the HF ratios and the fp8 agreement were taken there in session 14)
+    LIMIT=$(left) bash benchmarks/gpu_run5.sh loop
   fi
   ;;
-*) echo "usage: bash benchmarks/gpu_run5.sh moe|dense|decode|auto"; exit 2 ;;
+loop)  # issue 21, session 15: the step that queues the next before reading its numbers (Trainer.launch_step):
+       # 1.7B and MoE ours vs torchtitan, per-step and back-to-back loop timing, host syncs per loop step;
+       # then the 1.7B mb-4 profile (never taken on this card)
+  timeout $(left) python3 benchmarks/train_throughput.py --peers --models 1.7B,30B-A3B-8L \
+    --impls qwen3-trainer-bf16-compile,torchtitan-bf16-compile --mb 1.7B:4,30B-A3B-8L:4 \
+    --budget-s $(($(left) - 120)) --out $OUT/$D-peers-loop.json 2>&1 | grep -v Warning | tail -12
+  timeout $(left) python3 benchmarks/profile_step.py --models 1.7B --mb 1.7B:4 --steps 3 --warmup 3 \
+    --out $OUT/prof-1.7B 2>&1 | grep -v Warning | tail -30
+  ;;
+*) echo "usage: bash benchmarks/gpu_run5.sh moe|dense|decode|auto|loop"; exit 2 ;;
 esac

@@ -1,7 +1,8 @@
-"""Where a training step's GPU time goes: torch.profiler over qwen3-trainer's ``Trainer.train_step``.
+"""Where a training step's GPU time goes: torch.profiler over qwen3-trainer's steps in ``Trainer.fit``'s order.
 
 For each model shape it builds the trainer exactly as ``train_throughput.py`` does (same impl
-names), runs warm-up steps, then profiles ``--steps`` steps and writes, per row,
+names), runs warm-up steps, then profiles ``--steps`` steps (``launch_step`` of a step before
+``step_metrics`` of the one before it) and writes, per row,
 
 * ``<out>/<model>-<impl>.txt``: the top kernels by self CUDA time (``key_averages`` table);
 * one JSON summary for all rows: step wall time, GPU busy time (sum of kernel time; the rest of
@@ -100,8 +101,13 @@ def child(args) -> None:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
     t0 = time.perf_counter()
     with profile(activities=activities, record_shapes=False) as prof:
-        for _ in range(args.steps):
-            trainer.train_step([batch])
+        pending = None
+        for _ in range(args.steps):  # Trainer.fit's order: queue a step, then read the previous one's numbers
+            launched = trainer.launch_step([batch])
+            if pending is not None:
+                trainer.step_metrics(pending)
+            pending = launched
+        trainer.step_metrics(pending)
     wall = (time.perf_counter() - t0) / args.steps
     # kernels only: record_function ranges (e.g. "Optimizer.step#AdamW.step") also carry device time
     # and would count their kernels twice

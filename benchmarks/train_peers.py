@@ -62,6 +62,10 @@ class Peer:
     settings: str
     owner: Any = None  # the trainer / optimizer behind ``step``
     vocab: int = 151_936  # token ids of the batch stay below this
+    # the step as the impl's own training loop runs it back to back (default: ``step``), and what ends
+    # such a run of steps (reads what the loop left pending)
+    loop_step: Callable[[dict], Any] | None = None
+    loop_flush: Callable[[], None] | None = None
 
 
 def _hf_model(flavor: str, device: str):
@@ -192,8 +196,19 @@ def ours_peer(flavor: str, impl: str, seq: int, mb: int, device: str, backend: s
     parts += ["cuDNN SDPA first", f"AdamW ({impl_name}{clip})"]
     if knobs.get("balance") == "none":
         parts.append("no load-balancing loss")
+    pending = []
+
+    def loop_step(batch):  # Trainer.fit's order: queue this step, then read the previous one's numbers
+        launched = trainer.launch_step([batch])
+        loop_flush()
+        pending.append(launched)
+
+    def loop_flush():
+        while pending:
+            trainer.step_metrics(pending.pop())
+
     return Peer(trainer.model_parts[0], lambda batch: trainer.train_step([batch])["loss"],
-                trainer.optimizers.zero_grad, ", ".join(parts), trainer)
+                trainer.optimizers.zero_grad, ", ".join(parts), trainer, loop_step=loop_step, loop_flush=loop_flush)
 
 
 def one_device_fsdp_dims_cls():
@@ -227,13 +242,15 @@ def _one_rank_process_group(device: str) -> None:
 
 
 class _StepMetrics:
-    """Stands in for torchtitan's MetricsProcessor at ``log_freq`` 1: ``train_step`` hands it the loss and
-    grad norm (reading both with ``.item()``, as our trainer does every step); peak-memory stats stay."""
+    """Stands in for torchtitan's MetricsProcessor: at ``log_freq`` 1 (the per-step timing) ``train_step``
+    hands it the loss and grad norm every step (reading both with ``.item()``); in a loop run
+    (``Peer.loop_step``) at torchtitan's default ``metrics.log_freq`` 10, with its ``should_log``."""
 
     loss = grad_norm = None
+    log_freq = 1
 
     def should_log(self, step: int) -> bool:
-        return True
+        return step == 1 or step % self.log_freq == 0
 
     def log(self, step, global_avg_loss, global_max_loss, grad_norm, extra_metrics=None) -> None:
         self.loss, self.grad_norm = global_avg_loss, grad_norm
@@ -301,7 +318,8 @@ def titan_peer(flavor: str, impl: str, seq: int, device: str, backend: str = "in
         gc_handler=utils.GarbageCollection(gc_freq=jc.training.gc_freq),  # gc.disable(), collect every 50
     )
 
-    def step(batch):  # Trainer.train's loop body
+    def step(batch, log_freq=1):  # Trainer.train's loop body
+        trainer.metrics_processor.log_freq = log_freq
         trainer.step += 1
         trainer.gc_handler.run(trainer.step)
         trainer.train_step(iter([({"input": batch["input_ids"]}, batch["labels"])]))
@@ -316,7 +334,8 @@ def titan_peer(flavor: str, impl: str, seq: int, device: str, backend: str = "in
                 f"(per-block compile, {backend}), {precision}, build_optimizers (AdamW "
                 f"{jc.optimizer.implementation}), compiled cross-entropy, clip_grad_norm_, Trainer.train_step, "
                 f"gc every {jc.training.gc_freq} steps")
-    return Peer(model, step, optimizers.zero_grad, settings, trainer, vocab=model_args.vocab_size)
+    return Peer(model, step, optimizers.zero_grad, settings, trainer, vocab=model_args.vocab_size,
+                loop_step=lambda batch: step(batch, log_freq=10))
 
 
 class _NoStaging:

@@ -2,7 +2,11 @@
 
 Each (model, impl) row runs in its own subprocess (memory and compile caches don't leak between rows)
 and every impl goes through the same timing loop (``time_steps``: synchronize, one optimizer step on a
-fixed CPU batch, synchronize). The impls (built in train_peers.py):
+fixed CPU batch, synchronize; the row's ``tokens_per_s``), then as many steps back to back as its own
+training loop runs them (one synchronize at each end; ``loop_tokens_per_s``: ours queues a step before
+reading the previous one's numbers, as ``Trainer.fit`` does; torchtitan reads loss and grad norm at its
+default ``log_freq`` 10), with the host syncs of one such loop step counted (``loop_syncs``). The impls
+(built in train_peers.py):
 
 * ``hf-*``: HF transformers (bf16 weights, fused AdamW, SDPA; eager or ``torch.compile``).
 * ``qwen3-trainer-*``: our ``Trainer.train_step``; ``-fsdp-mixed-`` is FSDP2 on a one-GPU mesh (fp32
@@ -39,7 +43,7 @@ module). The command's limit leaves ~2 minutes for the wheel install, the ceilin
     # then copy <files_at>/<date>-h200-peers.json into benchmarks/results/
 
 Peers file: ``rows`` [{model, impl, micro_batch, tokens_per_s, tflops, mfu, peak_mem_gib, mfu_989,
-loss, settings, micro_batches, wall_s}], ``skipped`` [{model, impl, reason}], with date, device,
+loop_tokens_per_s, loop_syncs, loop_sync_sites, loss, settings, micro_batches, wall_s}], ``skipped`` [{model, impl, reason}], with date, device,
 torch / torchtitan / transformers versions, the matmul ceiling and the command.
 """
 
@@ -105,7 +109,10 @@ def matmul_ceiling(device: str) -> float | None:
 
 
 def time_steps(peer: Peer, mb: int, seq: int, steps: int, warmup: int, device: str) -> dict:
-    """The one timing loop: per step synchronize, step, synchronize; ``warmup`` steps untimed."""
+    """The one timing loop: per step synchronize, step, synchronize; ``warmup`` steps untimed. Then the
+    same number of steps back to back as the impl's own training loop runs them (``Peer.loop_step``,
+    one synchronize at each end: ``loop_seconds``, the mean step), and on CUDA the host syncs of one
+    such loop step (``torch.cuda.set_sync_debug_mode``: ``loop_syncs``, the first ``loop_sync_sites``)."""
     import torch
 
     batch = {k: v % peer.vocab for k, v in batch_for(mb, seq).items()}
@@ -123,8 +130,49 @@ def time_steps(peer: Peer, mb: int, seq: int, steps: int, warmup: int, device: s
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return {"seconds": times, "loss": float(loss),
-            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+    loop = peer.loop_step or peer.step
+    flush = peer.loop_flush or (lambda: None)
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loop(batch)
+    flush()
+    if cuda:
+        torch.cuda.synchronize()
+    out = {"seconds": times, "loss": float(loss), "loop_seconds": (time.perf_counter() - t0) / steps,
+           "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None}
+    if cuda:
+        out["loop_syncs"], out["loop_sync_sites"] = count_syncs(lambda: loop(batch))
+        flush()
+    return out
+
+
+def count_syncs(fn) -> tuple[int, list[str]]:
+    """Host-device synchronizations while ``fn`` runs (CUDA's sync debug mode, as warnings) and where the
+    first three came from (the innermost frames outside torch)."""
+    import traceback
+    import warnings
+
+    import torch
+
+    sites = []
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" in str(message):
+            frames = [f for f in traceback.extract_stack()[:-1] if "/torch/" not in f.filename]
+            sites.append(f"{frames[-1].filename.split('/')[-1]}:{frames[-1].lineno} {frames[-1].line}" if frames else "?")
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return len(sites), sites[:3]
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -262,6 +310,8 @@ def best_row(model: str, impl: str, results: list[dict], seq: int, fpt: float, c
         sec = sorted(r["seconds"])[len(r["seconds"]) // 2]  # median step
         tps = r["mb"] * seq / sec
         tried[str(r["mb"])] = {"tokens_per_s": round(tps, 1), "peak_mem_gib": r["peak_mem_gib"] and round(r["peak_mem_gib"], 2)}
+        if r.get("loop_seconds"):
+            tried[str(r["mb"])]["loop_tokens_per_s"] = round(r["mb"] * seq / r["loop_seconds"], 1)
         if best is None or tps > best[0]:
             best = (tps, r)
     if best is None:
@@ -271,6 +321,8 @@ def best_row(model: str, impl: str, results: list[dict], seq: int, fpt: float, c
     return {"model": model, "impl": impl, "micro_batch": r["mb"], "tokens_per_s": round(tps, 1),
             "tflops": round(tflops, 1), "mfu": round(tflops * 1e12 / ceiling, 4) if ceiling else None,
             "peak_mem_gib": r["peak_mem_gib"] and round(r["peak_mem_gib"], 2), "mfu_989": round(tflops / 989, 4),
+            "loop_tokens_per_s": r.get("loop_seconds") and round(r["mb"] * seq / r["loop_seconds"], 1),
+            "loop_syncs": r.get("loop_syncs"), "loop_sync_sites": r.get("loop_sync_sites"),
             "loss": r["loss"], "settings": f"{r['settings']}, seq={seq}", "micro_batches": tried}
 
 
@@ -351,7 +403,8 @@ def sweep(args, runner=None) -> dict:
                 row["wall_s"] = round(time.time() - t0, 1)
                 result["rows"].append(row)
                 print(f"{model:12s} {impl:34s} mb {row['micro_batch']} {row['tokens_per_s']:10.0f} tok/s "
-                      f"{row['tflops']:7.1f} TFLOP/s mem {row['peak_mem_gib']} GiB ({row['wall_s']} s)", flush=True)
+                      f"{row['tflops']:7.1f} TFLOP/s mem {row['peak_mem_gib']} GiB loop {row['loop_tokens_per_s']} "
+                      f"tok/s syncs {row['loop_syncs']} ({row['wall_s']} s)", flush=True)
             result["elapsed_s"] = round(time.time() - t_start, 1)
             _write(out, result)
     finally:

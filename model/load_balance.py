@@ -104,6 +104,10 @@ class GlobalBatchLoadBalancer:
         self._global_tokens = _zeros(self.device)  # a tensor: a new step's count is no new graph
         for moe in moes:
             self._attach(moe)
+        # per-layer constants of step_stats, on the device once (a host list there would be a blocking copy)
+        self._experts = torch.tensor([s.num_experts for s in self._layers], dtype=torch.float64, device=self.device)
+        self._top_k = torch.tensor([s.top_k for s in self._layers], dtype=torch.float64,
+                                   device=self.device).unsqueeze(1)
 
     @property
     def global_tokens(self) -> int | None:
@@ -156,8 +160,8 @@ class GlobalBatchLoadBalancer:
         ]
 
     # -- step API ------------------------------------------------------------------------------
-    def step_begin(self, global_tokens: int) -> None:
-        self._global_tokens.fill_(float(global_tokens))
+    def step_begin(self, global_tokens: float) -> None:
+        self._global_tokens.fill_(float(global_tokens))  # a fill kernel: no host sync
         self._open = True
         for s in self._layers:
             for t in (s.counts, s.prob_sum, s.tokens, s.micro_sum, s.micro_n):
@@ -166,18 +170,25 @@ class GlobalBatchLoadBalancer:
 
     def step_end(self) -> dict[str, float]:
         """Exact global-batch LBL (times coeff), the per-micro-batch form, and load imbalance."""
+        stats = self.step_stats()
+        return {} if stats is None else self.stats_metrics(stats.tolist())
+
+    def step_stats(self) -> torch.Tensor | None:
+        """The step's statistics as one float64 device tensor (no host sync), taken before the next
+        ``step_begin`` resets them; ``stats_metrics`` turns its values into ``step_end``'s numbers."""
         if not self._layers:
-            return {}
+            return None
         counts = torch.stack([s.counts for s in self._layers])  # [L, E]
         tokens = torch.stack([s.tokens for s in self._layers])  # [L, 1]
-        experts = counts.new_tensor([s.num_experts for s in self._layers])
-        top_k = counts.new_tensor([s.top_k for s in self._layers]).unsqueeze(1)
-        f = counts / (top_k * tokens)
+        f = counts / (self._top_k * tokens)
         p = torch.stack([s.prob_sum for s in self._layers]) / tokens
-        glob = experts * (f * p).sum(dim=1)
+        glob = self._experts * (f * p).sum(dim=1)
         micro = torch.cat([s.micro_sum / s.micro_n for s in self._layers])
         imbalance = counts.max(dim=1).values / counts.mean(dim=1)
-        seen, glob, micro, imbalance = torch.stack([tokens.min(), glob.mean(), micro.mean(), imbalance.max()]).tolist()
+        return torch.stack([tokens.min(), glob.mean(), micro.mean(), imbalance.max()])
+
+    def stats_metrics(self, values: list[float]) -> dict[str, float]:
+        seen, glob, micro, imbalance = values
         if seen == 0:  # a layer saw no tokens this step (no forward since step_begin)
             return {}
         return {

@@ -50,8 +50,9 @@ def _tiny_titan_moe():
 
 
 def _step_twice(tp, peer):
-    out = tp.time_steps(peer, 1, 32, 2, 0, "cpu")
+    out = tp.time_steps(peer, 1, 32, 2, 0, "cpu")  # 2 steps one at a time, then 2 back to back
     assert len(out["seconds"]) == 2 and math.isfinite(out["loss"]) and out["loss"] > 0
+    assert out["loop_seconds"] > 0
     return out
 
 
@@ -85,7 +86,8 @@ def test_torchtitan_rows_are_torchtitan_as_shipped(tp, impl):
         assert isinstance(model, FSDPModule) and dtypes == {torch.float32}
         assert (mp.param_dtype, mp.reduce_dtype) == (torch.bfloat16, torch.float32)
     _step_twice(tp, peer)
-    assert trainer.step == 2 and math.isfinite(trainer.metrics_processor.grad_norm)
+    assert trainer.step == 4 and math.isfinite(trainer.metrics_processor.grad_norm)
+    assert trainer.metrics_processor.log_freq == 10  # the loop steps log at torchtitan's default
 
 
 def test_torchtitan_moe_row_steps(tp):
@@ -112,6 +114,7 @@ def test_our_rows_step(tp, impl):
     assert isinstance(peer.model, FSDPModule) is fsdp and peer.owner.pdims.fsdp_enabled is fsdp
     assert {p.dtype for p in peer.model.parameters()} == {torch.float32 if fsdp else torch.bfloat16}
     _step_twice(tp, peer)
+    assert peer.owner.step == 4 and peer.owner._last_done > 0  # the loop's last step was read back
 
 
 class _FakePeer:

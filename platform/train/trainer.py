@@ -17,6 +17,7 @@ reference, teacher, reward model — built from their own checkpoints and placed
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
@@ -41,6 +42,31 @@ from qwen3_trainer.platform.train.objectives import (
 
 log = logging.getLogger("qwen3_trainer.train")
 FULL_INIT_MAX_PARAMS = 2_000_000_000  # below this, every rank builds the same seeded full init
+
+
+@dataclasses.dataclass
+class LaunchedStep:
+    """An optimizer step whose kernels are queued (``Trainer.launch_step``): the numbers the host already
+    has, and ``values``, the device tensor ``Trainer.step_metrics`` reads back: [loss, the objective's
+    sums (``sum_keys``), grad norm, the balancer's statistics when ``has_balance``]."""
+
+    step: int
+    started: float
+    tokens: int
+    loss_tokens: float
+    checksum: float
+    lr: float
+    values: torch.Tensor
+    sum_keys: list[str]
+    has_balance: bool
+
+
+def _f64(value: torch.Tensor | float, device: torch.device) -> torch.Tensor:
+    """A 0-d float64 device tensor of ``value`` without a blocking copy (a host number goes over
+    non-blocking: ``torch.tensor(x, device=...)`` would wait for the queued work)."""
+    if torch.is_tensor(value):
+        return value.detach().to(device=device, dtype=torch.float64, non_blocking=True).reshape(())
+    return torch.tensor(float(value), dtype=torch.float64).to(device, non_blocking=True)
 
 
 def total_grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
@@ -100,6 +126,8 @@ class Trainer:
             self.seq_multiple = math.lcm(self.seq_multiple, COMPILE_WIDTH)
         self.loader = loader
         self.step = 0
+        self._last_done = 0.0  # when the last step's numbers were read (step_metrics)
+        self._host_group = None  # gloo twin of the loss group (_host_sum)
         self.history: list[dict[str, Any]] = []
         self.tracker = tracker
         ckpt = cfg.checkpoint
@@ -298,14 +326,6 @@ class Trainer:
             dist.all_reduce(value, group=group)
         return value
 
-    def _sum_over_dp(self, sums: dict[str, Any]) -> dict[str, float]:
-        keys = sorted(sums)
-        if not keys:
-            return {}
-        packed = torch.stack([torch.as_tensor(sums[k], dtype=torch.float64, device=self.device).reshape(())
-                              for k in keys])
-        return dict(zip(keys, self._all_reduce(packed).tolist(), strict=True))
-
     def _widths(self):
         """Dynamo's settings for the bucketed widths: a static graph per bucket (no automatic dynamic
         shapes) and room for every (rows, width) the run meets in the recompile limit."""
@@ -333,30 +353,35 @@ class Trainer:
 
     # -- the step ------------------------------------------------------------------------------
     def train_step(self, batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
-        """One optimizer step over this rank's micro-batches (from the loader or a rollout). A micro-batch
-        marked ``PAD`` (``align_micro_batches``) runs forward and backward with weight 0."""
+        """One optimizer step over this rank's micro-batches (from the loader or a rollout) and its
+        metrics: ``launch_step`` then ``step_metrics``."""
+        return self.step_metrics(self.launch_step(batches))
+
+    def launch_step(self, batches: list[dict[str, torch.Tensor]]) -> LaunchedStep:
+        """Queue one optimizer step over this rank's micro-batches without waiting for the device: no
+        host sync (the step's token counts and data checksum are summed over the data-parallel ranks on
+        the host, through a gloo group), so the host can fetch and queue the next step while this one
+        runs (``fit`` reads each step's numbers back after queueing the next). A micro-batch marked
+        ``PAD`` (``align_micro_batches``) runs forward and backward with weight 0."""
         t0 = time.perf_counter()
         real = [b for b in batches if not b.get(PAD)]
-        local_tokens = sum(self.objective.loss_tokens(b) for b in real)  # on the host copy: no sync
+        local_tokens = sum(self.objective.loss_tokens(b) for b in real)  # on the host copy
         # order-sensitive checksum of the step's global batch (resume tests compare data order),
-        # taken from the host copy before the device copy (no sync per micro-batch)
+        # taken from the host copy before the device copy
         checksum = sum(float((b["input_ids"].double() * torch.arange(1, b["input_ids"].numel() + 1,
                        dtype=torch.float64, device=b["input_ids"].device).view_as(b["input_ids"]))
                              .sum().remainder(1e9))
                        for b in real)
         local_numel = sum(b["input_ids"].numel() for b in real)
+        # loss tokens and tokens of the whole step (ranks may hold micro-batches of different widths)
+        loss_tokens, step_tokens, checksum = self._host_sum([float(local_tokens), float(local_numel), checksum])
         batches = [{k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
                    for b in batches]
         self.optimizers.zero_grad()
-        # loss tokens and tokens of the whole step (ranks may hold micro-batches of different widths)
-        counts = self._all_reduce(torch.tensor([float(local_tokens), float(local_numel)], dtype=torch.float64,
-                                               device=self.device))
-        normalizer = counts[:1]
-        self._normalizer = float(normalizer.clamp(min=1.0)) / parallel.ddp_grad_scale(self.pdims)
-        step_tokens = int(counts[1].item())
+        self._normalizer = max(loss_tokens, 1.0) / parallel.ddp_grad_scale(self.pdims)
         if self.balancer is not None:
             self.balancer.step_begin(step_tokens)
-        sums: dict[str, float] = {}
+        sums: dict[str, Any] = {}
         loss = torch.zeros((), device=self.device)
         if self.pp_schedule is not None:
             inputs = torch.cat([b["input_ids"] for b in batches])
@@ -384,7 +409,7 @@ class Trainer:
                     continue
                 mb_loss.backward()
                 loss += mb_loss.detach()
-                for k, v in metrics.items():  # tensors stay on the device until the step ends
+                for k, v in metrics.items():  # tensors stay on the device until the step's numbers are read
                     sums[k] = sums.get(k, 0.0) + v
                 del logits
         if self._compiled_step is not None:
@@ -395,24 +420,55 @@ class Trainer:
             self.optimizers.step()
         self.lr_schedulers.step()
         self.step += 1
-        loss = self._all_reduce(loss.reshape(1)).item() / parallel.ddp_grad_scale(self.pdims)
-        checksum = self._all_reduce(torch.tensor([checksum], device=self.device, dtype=torch.float64)).item()
-        dt = time.perf_counter() - t0
-        tokens = step_tokens
-        out = {"loss": loss, "grad_norm": float(grad_norm), "lr": self.lr_schedulers.schedulers[0].get_last_lr()[0],
+        # what step_metrics reads back, in one device tensor: [loss, *objective sums] summed over the
+        # data-parallel ranks (a device collective, queued), the grad norm, the balancer's statistics
+        keys = sorted(sums)
+        summed = self._all_reduce(torch.stack([_f64(loss, self.device)] + [_f64(sums[k], self.device) for k in keys]))
+        parts = [summed, _f64(grad_norm, self.device).reshape(1)]
+        if self.balancer is not None and (stats := self.balancer.step_stats()) is not None:
+            parts.append(stats)
+        return LaunchedStep(step=self.step, started=t0, tokens=int(step_tokens), loss_tokens=loss_tokens,
+                            checksum=checksum, lr=self.lr_schedulers.schedulers[0].get_last_lr()[0],
+                            values=torch.cat(parts), sum_keys=keys, has_balance=len(parts) > 2)
+
+    def step_metrics(self, launched: LaunchedStep) -> dict[str, float]:
+        """The numbers of a launched step (one device-to-host read, which waits for that step's kernels);
+        its time runs from its launch, or from the previous step's end when it was queued behind it.
+        Raises ``FloatingPointError`` on a non-finite loss."""
+        values = launched.values.tolist()
+        done = time.perf_counter()
+        dt = done - max(launched.started, self._last_done)
+        self._last_done = done
+        n = len(launched.sum_keys)
+        loss = values[0] / parallel.ddp_grad_scale(self.pdims)
+        tokens = launched.tokens
+        out = {"loss": loss, "grad_norm": values[n + 1], "lr": launched.lr,
                "step_seconds": dt, "tokens_per_s": tokens / dt, "tokens": tokens,
-               "loss_tokens": float(normalizer.item()), "data/checksum": checksum}
+               "loss_tokens": launched.loss_tokens, "data/checksum": launched.checksum}
         out["tflops_per_device"] = self.flops_per_token * tokens / dt / self.env.world_size / 1e12
         if self.peak:
             out["mfu"] = out["tflops_per_device"] * 1e12 / self.peak
-        if self.balancer is not None:
-            out.update(self.balancer.step_end())
-        for k, v in self._sum_over_dp(sums).items():  # the whole step's, not this rank's share
+        if launched.has_balance:
+            out.update(self.balancer.stats_metrics(values[n + 2:]))
+        for k, v in zip(launched.sum_keys, values[1:n + 1], strict=True):  # the whole step's, not this rank's share
             out[f"objective/{k}"] = v
         out.update(memory_gib(self.device))
         if not math.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss} at step {self.step}")
+            raise FloatingPointError(f"loss is {loss} at step {launched.step}")
         return out
+
+    def _host_sum(self, values: list[float]) -> list[float]:
+        """``values`` summed over the data-parallel ranks of the loss on the host (a gloo group beside the
+        device's): the step's counts need no device round trip, which would wait for the queued steps."""
+        group = self._loss_group()
+        if group is None:
+            return values
+        if self._host_group is None:  # every member of the loss group gets here in its first step
+            self._host_group = dist.new_group(dist.get_process_group_ranks(group), backend="gloo",
+                                              use_local_synchronization=True)
+        packed = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(packed, group=self._host_group)
+        return packed.tolist()
 
     def _clip(self) -> torch.Tensor:
         """Clip before ``optimizers.step()``: folded into the fused kernel (``grad_scale``), or
@@ -484,7 +540,10 @@ class Trainer:
         """The one training loop: resume from the newest complete checkpoint, then one optimizer step per
         batch set — from the data loader, or from the objective when it is a ``BatchProducer`` (RL
         rollouts, on-policy distillation, reward-model pairs) — logging every step, checkpointing every
-        ``checkpoint.interval`` steps, and finishing with the final checkpoint and the HF export."""
+        ``checkpoint.interval`` steps, and finishing with the final checkpoint and the HF export. From the
+        loader, each step's numbers are read after the next step is queued (the host fetches and queues
+        step N+1 while the device runs step N); a checkpoint step, the last step and a producer's steps
+        are read before anything else runs. A non-finite loss stops the run when its step is read."""
         cfg = self.cfg
         resumed = self.maybe_resume()
         if resumed and self.tracker:
@@ -497,25 +556,40 @@ class Trainer:
         else:
             source = ((self.loader.next_step(), {}) for _ in iter(int, 1))
         ckpt_seconds = 0.0
+        pending: tuple[LaunchedStep, dict[str, Any]] | None = None
         while self.step < cfg.training.steps:
             batches, extra = next(source)
             if producer is not None:
                 batches = self.align_micro_batches(batches)
-            metrics = self.train_step(batches)
-            if producer is not None:
-                metrics = producer.step_metrics(metrics)
-            self.log({**metrics, **extra}, step_line=producer is None)
+            launched = self.launch_step(batches)
+            if pending is not None:  # the previous step's numbers, read while this step's kernels run
+                self._record(*pending, producer)
+            pending = (launched, extra)
             interval = cfg.checkpoint.interval
-            if self.checkpointer and interval and self.step % interval == 0 and self.step < cfg.training.steps:
+            save = bool(self.checkpointer and interval and self.step % interval == 0
+                        and self.step < cfg.training.steps)
+            # a producer's next rollout reads its step's numbers: no step ahead there; nor over a save
+            if producer is not None or save:
+                self._record(*pending, producer)
+                pending = None
+            if save:
                 t = time.perf_counter()
                 path = self.save()
                 ckpt_seconds += time.perf_counter() - t
                 if self.tracker:
                     self.tracker.set_tag(f"checkpoint.step-{self.step}", path)
+        if pending is not None:
+            self._record(*pending, producer)
         if producer is not None:
             source.close()
             producer.end(self)
         return self.finish(self.history, resumed, ckpt_seconds)
+
+    def _record(self, launched: LaunchedStep, extra: dict[str, Any], producer: BatchProducer | None) -> None:
+        metrics = self.step_metrics(launched)
+        if producer is not None:
+            metrics = producer.step_metrics(metrics)
+        self.log({**metrics, **extra}, step_line=producer is None, step=launched.step)
 
     def align_micro_batches(self, batches: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A producer's micro-batches made safe for sharded forwards: each as wide as a multiple of the
@@ -542,19 +616,20 @@ class Trainer:
     # the per-step line of rollout-driven runs: the metrics a person watches
     SHOWN = ("loss", "reward/mean", "eval/accuracy", "kl", "entropy", "objective/kl")
 
-    def log(self, metrics: dict[str, float], *, step_line: bool = False) -> None:
-        """Record ``metrics`` at the current step: the run's history, the tracker (every
+    def log(self, metrics: dict[str, float], *, step_line: bool = False, step: int | None = None) -> None:
+        """Record ``metrics`` at ``step`` (default: the current one): the run's history, the tracker (every
         ``tracking.log_interval`` steps; evaluations always) and one line on rank 0."""
-        self.history.append({"step": self.step, **metrics})
-        if self.tracker and (self.step % self.cfg.tracking.log_interval == 0 or "loss" not in metrics):
-            self.tracker.log_metrics(self.step, metrics)
+        step = self.step if step is None else step
+        self.history.append({"step": step, **metrics})
+        if self.tracker and (step % self.cfg.tracking.log_interval == 0 or "loss" not in metrics):
+            self.tracker.log_metrics(step, metrics)
         if self.env.rank != 0:
             return
         if step_line:
-            log.info("step %d loss %.4f grad_norm %.3f lr %.2e %.0f tok/s", self.step, metrics["loss"],
+            log.info("step %d loss %.4f grad_norm %.3f lr %.2e %.0f tok/s", step, metrics["loss"],
                      metrics["grad_norm"], metrics["lr"], metrics["tokens_per_s"])
         else:
-            log.info("step %d %s", self.step, " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in self.SHOWN))
+            log.info("step %d %s", step, " ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k in self.SHOWN))
 
     def finish(self, history: list[dict[str, Any]], resumed: str | None, ckpt_seconds: float = 0.0) -> dict[str, Any]:
         """End a run: the final (sync) checkpoint, the commit wait, and the HF export on rank 0.
