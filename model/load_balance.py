@@ -160,8 +160,12 @@ class GlobalBatchLoadBalancer:
         ]
 
     # -- step API ------------------------------------------------------------------------------
-    def step_begin(self, global_tokens: float) -> None:
-        self._global_tokens.fill_(float(global_tokens))  # a fill kernel: no host sync
+    def step_begin(self, global_tokens: float | torch.Tensor) -> None:
+        # a fill kernel, or a device copy of a count summed on the device: no host sync
+        if torch.is_tensor(global_tokens):
+            self._global_tokens.copy_(global_tokens.reshape(1))
+        else:
+            self._global_tokens.fill_(float(global_tokens))
         self._open = True
         for s in self._layers:
             for t in (s.counts, s.prob_sum, s.tokens, s.micro_sum, s.micro_n):

@@ -48,13 +48,12 @@ FULL_INIT_MAX_PARAMS = 2_000_000_000  # below this, every rank builds the same s
 class LaunchedStep:
     """An optimizer step whose kernels are queued (``Trainer.launch_step``): the numbers the host already
     has, and ``values``, the device tensor ``Trainer.step_metrics`` reads back: [loss, the objective's
-    sums (``sum_keys``), grad norm, the balancer's statistics when ``has_balance``]."""
+    sums (``sum_keys``), grad norm, the summed counts when ``counts`` is None, the balancer's statistics
+    when ``has_balance``]."""
 
     step: int
     started: float
-    tokens: int
-    loss_tokens: float
-    checksum: float
+    counts: list[float] | None  # [loss tokens, tokens, data checksum] of the step; None: in ``values``
     lr: float
     values: torch.Tensor
     sum_keys: list[str]
@@ -127,7 +126,6 @@ class Trainer:
         self.loader = loader
         self.step = 0
         self._last_done = 0.0  # when the last step's numbers were read (step_metrics)
-        self._host_group = None  # gloo twin of the loss group (_host_sum)
         self.history: list[dict[str, Any]] = []
         self.tracker = tracker
         ckpt = cfg.checkpoint
@@ -358,11 +356,11 @@ class Trainer:
         return self.step_metrics(self.launch_step(batches))
 
     def launch_step(self, batches: list[dict[str, torch.Tensor]]) -> LaunchedStep:
-        """Queue one optimizer step over this rank's micro-batches without waiting for the device: no
-        host sync (the step's token counts and data checksum are summed over the data-parallel ranks on
-        the host, through a gloo group), so the host can fetch and queue the next step while this one
-        runs (``fit`` reads each step's numbers back after queueing the next). A micro-batch marked
-        ``PAD`` (``align_micro_batches``) runs forward and backward with weight 0."""
+        """Queue one optimizer step over this rank's micro-batches without waiting for the device (no host
+        sync: the step's token counts and data checksum, summed over the data-parallel ranks, stay device
+        tensors — the loss normaliser among them — until ``step_metrics``), so the host can fetch and queue
+        the next step while this one runs (``fit`` reads each step's numbers after queueing the next). A
+        micro-batch marked ``PAD`` (``align_micro_batches``) runs forward and backward with weight 0."""
         t0 = time.perf_counter()
         real = [b for b in batches if not b.get(PAD)]
         local_tokens = sum(self.objective.loss_tokens(b) for b in real)  # on the host copy
@@ -373,12 +371,21 @@ class Trainer:
                              .sum().remainder(1e9))
                        for b in real)
         local_numel = sum(b["input_ids"].numel() for b in real)
-        # loss tokens and tokens of the whole step (ranks may hold micro-batches of different widths)
-        loss_tokens, step_tokens, checksum = self._host_sum([float(local_tokens), float(local_numel), checksum])
+        # loss tokens, tokens and checksum of the whole step (ranks may hold micro-batches of different
+        # widths): one rank's are the host numbers; over several, an all-reduce the device queues
+        counts = [float(local_tokens), float(local_numel), checksum]
+        summed_counts = None
+        if self._loss_group() is None:
+            self._normalizer = max(counts[0], 1.0) / parallel.ddp_grad_scale(self.pdims)
+            step_tokens = counts[1]
+        else:
+            summed_counts = self._all_reduce(torch.tensor(counts, dtype=torch.float64).to(self.device,
+                                                                                          non_blocking=True))
+            self._normalizer = summed_counts[0].clamp(min=1.0) / parallel.ddp_grad_scale(self.pdims)
+            step_tokens = summed_counts[1:2]
         batches = [{k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
                    for b in batches]
         self.optimizers.zero_grad()
-        self._normalizer = max(loss_tokens, 1.0) / parallel.ddp_grad_scale(self.pdims)
         if self.balancer is not None:
             self.balancer.step_begin(step_tokens)
         sums: dict[str, Any] = {}
@@ -421,15 +428,19 @@ class Trainer:
         self.lr_schedulers.step()
         self.step += 1
         # what step_metrics reads back, in one device tensor: [loss, *objective sums] summed over the
-        # data-parallel ranks (a device collective, queued), the grad norm, the balancer's statistics
+        # data-parallel ranks (a device collective, queued), the grad norm, the summed counts (several
+        # ranks), the balancer's statistics
         keys = sorted(sums)
         summed = self._all_reduce(torch.stack([_f64(loss, self.device)] + [_f64(sums[k], self.device) for k in keys]))
         parts = [summed, _f64(grad_norm, self.device).reshape(1)]
-        if self.balancer is not None and (stats := self.balancer.step_stats()) is not None:
+        if summed_counts is not None:
+            parts.append(summed_counts)
+        stats = self.balancer.step_stats() if self.balancer is not None else None
+        if stats is not None:
             parts.append(stats)
-        return LaunchedStep(step=self.step, started=t0, tokens=int(step_tokens), loss_tokens=loss_tokens,
-                            checksum=checksum, lr=self.lr_schedulers.schedulers[0].get_last_lr()[0],
-                            values=torch.cat(parts), sum_keys=keys, has_balance=len(parts) > 2)
+        return LaunchedStep(step=self.step, started=t0, counts=None if summed_counts is not None else counts,
+                            lr=self.lr_schedulers.schedulers[0].get_last_lr()[0], values=torch.cat(parts),
+                            sum_keys=keys, has_balance=stats is not None)
 
     def step_metrics(self, launched: LaunchedStep) -> dict[str, float]:
         """The numbers of a launched step (one device-to-host read, which waits for that step's kernels);
@@ -441,34 +452,25 @@ class Trainer:
         self._last_done = done
         n = len(launched.sum_keys)
         loss = values[0] / parallel.ddp_grad_scale(self.pdims)
-        tokens = launched.tokens
+        rest = values[n + 2:]
+        counts = launched.counts
+        if counts is None:  # summed on the device
+            counts, rest = rest[:3], rest[3:]
+        loss_tokens, tokens, checksum = counts[0], int(counts[1]), counts[2]
         out = {"loss": loss, "grad_norm": values[n + 1], "lr": launched.lr,
                "step_seconds": dt, "tokens_per_s": tokens / dt, "tokens": tokens,
-               "loss_tokens": launched.loss_tokens, "data/checksum": launched.checksum}
+               "loss_tokens": loss_tokens, "data/checksum": checksum}
         out["tflops_per_device"] = self.flops_per_token * tokens / dt / self.env.world_size / 1e12
         if self.peak:
             out["mfu"] = out["tflops_per_device"] * 1e12 / self.peak
         if launched.has_balance:
-            out.update(self.balancer.stats_metrics(values[n + 2:]))
+            out.update(self.balancer.stats_metrics(rest))
         for k, v in zip(launched.sum_keys, values[1:n + 1], strict=True):  # the whole step's, not this rank's share
             out[f"objective/{k}"] = v
         out.update(memory_gib(self.device))
         if not math.isfinite(loss):
             raise FloatingPointError(f"loss is {loss} at step {launched.step}")
         return out
-
-    def _host_sum(self, values: list[float]) -> list[float]:
-        """``values`` summed over the data-parallel ranks of the loss on the host (a gloo group beside the
-        device's): the step's counts need no device round trip, which would wait for the queued steps."""
-        group = self._loss_group()
-        if group is None:
-            return values
-        if self._host_group is None:  # every member of the loss group gets here in its first step
-            self._host_group = dist.new_group(dist.get_process_group_ranks(group), backend="gloo",
-                                              use_local_synchronization=True)
-        packed = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(packed, group=self._host_group)
-        return packed.tolist()
 
     def _clip(self) -> torch.Tensor:
         """Clip before ``optimizers.step()``: folded into the fused kernel (``grad_scale``), or
