@@ -383,8 +383,7 @@ class Trainer:
                                                                                           non_blocking=True))
             self._normalizer = summed_counts[0].clamp(min=1.0) / parallel.ddp_grad_scale(self.pdims)
             step_tokens = summed_counts[1:2]
-        batches = [{k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in b.items()}
-                   for b in batches]
+        batches = [{k: self._to_device(v) if torch.is_tensor(v) else v for k, v in b.items()} for b in batches]
         self.optimizers.zero_grad()
         if self.balancer is not None:
             self.balancer.step_begin(step_tokens)
@@ -441,6 +440,13 @@ class Trainer:
         return LaunchedStep(step=self.step, started=t0, counts=None if summed_counts is not None else counts,
                             lr=self.lr_schedulers.schedulers[0].get_last_lr()[0], values=torch.cat(parts),
                             sum_keys=keys, has_balance=stats is not None)
+
+    def _to_device(self, value: torch.Tensor) -> torch.Tensor:
+        """A copy to the device that the host does not wait for: from pinned memory (a copy out of pageable
+        memory goes through a bounded staging buffer and may wait for the kernels queued before it)."""
+        if self.device.type == "cuda" and value.device.type == "cpu" and not value.is_pinned():
+            value = value.pin_memory()
+        return value.to(self.device, non_blocking=True)
 
     def step_metrics(self, launched: LaunchedStep) -> dict[str, float]:
         """The numbers of a launched step (one device-to-host read, which waits for that step's kernels);
