@@ -41,12 +41,12 @@ auto)  # one call on whichever card comes: the H200 tables of issues 19 and 21 (
   ;;
 loop)  # issue 21, session 15: the step that queues the next before reading its numbers (Trainer.launch_step):
        # 1.7B and MoE ours vs torchtitan, per-step and back-to-back loop timing, host syncs per loop step;
-       # then the 1.7B mb-4 profile (never taken on this card)
+       # then both profiled in that loop order
   timeout $(left) python3 benchmarks/train_throughput.py --peers --models 1.7B,30B-A3B-8L \
     --impls qwen3-trainer-bf16-compile,torchtitan-bf16-compile --mb 1.7B:4,30B-A3B-8L:4 \
     --budget-s $(($(left) - 120)) --out $OUT/$D-peers-loop.json 2>&1 | grep -v Warning | tail -12
-  timeout $(left) python3 benchmarks/profile_step.py --models 1.7B --mb 1.7B:4 --steps 3 --warmup 3 \
-    --out $OUT/prof-1.7B 2>&1 | grep -v Warning | tail -30
+  timeout $(left) python3 benchmarks/profile_step.py --models 1.7B,30B-A3B-8L --mb 1.7B:4,30B-A3B-8L:4 --steps 3 --warmup 3 \
+    --out $OUT/prof 2>&1 | grep -v Warning | tail -30
   ;;
 *) echo "usage: bash benchmarks/gpu_run5.sh moe|dense|decode|auto|loop"; exit 2 ;;
 esac

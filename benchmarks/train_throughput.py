@@ -160,7 +160,8 @@ def count_syncs(fn) -> tuple[int, list[str]]:
 
     def show(message, category, filename, lineno, file=None, line=None):
         if "synchroniz" in str(message):
-            frames = [f for f in traceback.extract_stack()[:-1] if "/torch/" not in f.filename]
+            frames = [f for f in traceback.extract_stack()[:-1]
+                      if not f.filename.endswith(("warnings.py", "train_throughput.py")) and "/torch/" not in f.filename]
             sites.append(f"{frames[-1].filename.split('/')[-1]}:{frames[-1].lineno} {frames[-1].line}" if frames else "?")
 
     torch.cuda.synchronize()

@@ -55,7 +55,8 @@ class LaunchedStep:
     started: float
     counts: list[float] | None  # [loss tokens, tokens, data checksum] of the step; None: in ``values``
     lr: float
-    values: torch.Tensor
+    values: torch.Tensor  # on CUDA: a host copy, filled when ``ready`` has passed
+    ready: Any  # torch.cuda.Event recorded after the copy, or None
     sum_keys: list[str]
     has_balance: bool
 
@@ -437,8 +438,12 @@ class Trainer:
         stats = self.balancer.step_stats() if self.balancer is not None else None
         if stats is not None:
             parts.append(stats)
+        values, ready = torch.cat(parts), None
+        if values.is_cuda:  # copied out as soon as the step's kernels end, not behind the next step's
+            values, ready = values.to("cpu", non_blocking=True), torch.cuda.Event()
+            ready.record()
         return LaunchedStep(step=self.step, started=t0, counts=None if summed_counts is not None else counts,
-                            lr=self.lr_schedulers.schedulers[0].get_last_lr()[0], values=torch.cat(parts),
+                            lr=self.lr_schedulers.schedulers[0].get_last_lr()[0], values=values, ready=ready,
                             sum_keys=keys, has_balance=stats is not None)
 
     def _to_device(self, value: torch.Tensor) -> torch.Tensor:
@@ -449,9 +454,12 @@ class Trainer:
         return value.to(self.device, non_blocking=True)
 
     def step_metrics(self, launched: LaunchedStep) -> dict[str, float]:
-        """The numbers of a launched step (one device-to-host read, which waits for that step's kernels);
+        """The numbers of a launched step (waits for that step's kernels and the copy of its numbers, queued
+        at its end, not for the steps queued after it);
         its time runs from its launch, or from the previous step's end when it was queued behind it.
         Raises ``FloatingPointError`` on a non-finite loss."""
+        if launched.ready is not None:
+            launched.ready.synchronize()  # this step's kernels and the copy of its numbers, not the queued ones
         values = launched.values.tolist()
         done = time.perf_counter()
         dt = done - max(launched.started, self._last_done)
