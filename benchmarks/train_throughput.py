@@ -16,7 +16,8 @@ default ``log_freq`` 10), with the host syncs of one such loop step counted (``l
   compile; FSDP2 on a one-GPU mesh for ``-fsdp-mixed-``), its optimizer builder (fused AdamW), its
   compiled cross-entropy, and its ``Trainer.train_step`` run unchanged (``clip_grad_norm_``, the
   optimizer step) with its garbage-collection schedule. The Trainer's data loader, tokenizer,
-  checkpointer and metric loggers are left out; its metrics hook takes loss and grad norm every step.
+  checkpointer and metric loggers are left out; its metrics hook takes loss and grad norm every step
+  (per-step timing) or at its default ``log_freq`` 10 (loop timing).
 
 A child tunes the micro-batch: it tries the candidates in order (best first in earlier runs), with a
 fresh static-shape compile for each (``torch._dynamo.reset``), skips every candidate at least as large
