@@ -3,7 +3,9 @@
 # Each part fits one call; results land in $OUT with today's date.
 set -x -o pipefail
 [[ $PYTHONPATH == /tmp/pkg:* ]] || source benchmarks/gpu_env.sh  # once, also for a nested part
-D=$(date +%F)-$(nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200 && echo h200 || echo h100)
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+case "$card" in *H200*) card=h200 ;; *H100*) card=h100 ;; *) card=$(echo "$card" | tr -cs 'A-Za-z0-9' '-' | tr A-Z a-z) ;; esac
+D=$(date +%F)-${card%-}
 left() { local t=$((${LIMIT:-570} - SECONDS)); echo $((t > 1 ? t : 1)); }
 case "$1" in
 moe)  # issue 21: the MoE rows at mb 4 first (ours was never timed there), then the A/B of this session's changes
