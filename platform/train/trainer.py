@@ -358,10 +358,11 @@ class Trainer:
 
     def launch_step(self, batches: list[dict[str, torch.Tensor]]) -> LaunchedStep:
         """Queue one optimizer step over this rank's micro-batches without waiting for the device (no host
-        sync: the step's token counts and data checksum, summed over the data-parallel ranks, stay device
-        tensors — the loss normaliser among them — until ``step_metrics``), so the host can fetch and queue
-        the next step while this one runs (``fit`` reads each step's numbers after queueing the next). A
-        micro-batch marked ``PAD`` (``align_micro_batches``) runs forward and backward with weight 0."""
+        sync: on one rank the step's token counts and data checksum are host numbers; over several, their
+        sums — the loss normaliser among them — stay device tensors until ``step_metrics``), so the host
+        can fetch and queue the next step while this one runs (``fit`` reads each step's numbers after
+        queueing the next). A micro-batch marked ``PAD`` (``align_micro_batches``) runs forward and
+        backward with weight 0."""
         t0 = time.perf_counter()
         real = [b for b in batches if not b.get(PAD)]
         local_tokens = sum(self.objective.loss_tokens(b) for b in real)  # on the host copy
