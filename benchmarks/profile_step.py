@@ -92,6 +92,7 @@ def idle_gaps(trace_file: str, top: int = 12, min_us: float = 50.0) -> dict:
 
 def child(args) -> None:
     from torch.profiler import ProfilerActivity, profile
+    from train_peers import fit_order
     from train_throughput import batch_for, build_ours
 
     trainer = build_ours(args.flavor, args.impl, args.seq, args.mb, args.warmup + args.steps, args.device)
@@ -101,13 +102,10 @@ def child(args) -> None:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device == "cuda" else [])
     t0 = time.perf_counter()
     with profile(activities=activities, record_shapes=False) as prof:
-        pending = None
-        for _ in range(args.steps):  # Trainer.fit's order: queue a step, then read the previous one's numbers
-            launched = trainer.launch_step([batch])
-            if pending is not None:
-                trainer.step_metrics(pending)
-            pending = launched
-        trainer.step_metrics(pending)
+        step, flush = fit_order(trainer)  # Trainer.fit's order: queue a step, then read the previous one's
+        for _ in range(args.steps):
+            step(batch)
+        flush()
     wall = (time.perf_counter() - t0) / args.steps
     # kernels only: record_function ranges (e.g. "Optimizer.step#AdamW.step") also carry device time
     # and would count their kernels twice

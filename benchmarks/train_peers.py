@@ -196,19 +196,26 @@ def ours_peer(flavor: str, impl: str, seq: int, mb: int, device: str, backend: s
     parts += ["cuDNN SDPA first", f"AdamW ({impl_name}{clip})"]
     if knobs.get("balance") == "none":
         parts.append("no load-balancing loss")
+    loop_step, loop_flush = fit_order(trainer)
+    return Peer(trainer.model_parts[0], lambda batch: trainer.train_step([batch])["loss"],
+                trainer.optimizers.zero_grad, ", ".join(parts), trainer, loop_step=loop_step, loop_flush=loop_flush)
+
+
+def fit_order(trainer) -> tuple[Callable[[dict], None], Callable[[], None]]:
+    """Steps of ``trainer`` in ``Trainer.fit``'s order: ``step(batch)`` queues a step, then reads the
+    previous one's numbers; ``flush()`` reads the last (also used by profile_step.py)."""
     pending = []
 
-    def loop_step(batch):  # Trainer.fit's order: queue this step, then read the previous one's numbers
-        launched = trainer.launch_step([batch])
-        loop_flush()
-        pending.append(launched)
-
-    def loop_flush():
+    def flush():
         while pending:
             trainer.step_metrics(pending.pop())
 
-    return Peer(trainer.model_parts[0], lambda batch: trainer.train_step([batch])["loss"],
-                trainer.optimizers.zero_grad, ", ".join(parts), trainer, loop_step=loop_step, loop_flush=loop_flush)
+    def step(batch):
+        launched = trainer.launch_step([batch])
+        flush()
+        pending.append(launched)
+
+    return step, flush
 
 
 def one_device_fsdp_dims_cls():
