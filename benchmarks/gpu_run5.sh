@@ -36,9 +36,10 @@ auto)  # one call on whichever card comes: the H200 tables of issues 19 and 21 (
     timeout $(left) python3 benchmarks/decode_throughput.py --suite h200 --out $OUT/$D-decode.json 2>&1 \
       | grep -v Warning | tail -25
     timeout $(left) python3 benchmarks/train_throughput.py --peers --models 1.7B --mb 1.7B:4 \
-      --impls qwen3-trainer-bf16-compile,torchtitan-bf16-compile,hf-compile --budget-s $(($(left) - 25)) --out $OUT/$D-peers-1.7B.json 2>&1 | grep -v Warning | tail -25
+      --impls qwen3-trainer-bf16-compile,torchtitan-bf16-compile,hf-compile,qwen3-trainer-fp8-compile,torchtitan-fp8-compile \
+      --budget-s $(($(left) - 25)) --out $OUT/$D-peers-1.7B.json 2>&1 | grep -v Warning | tail -25
   else  # on an H100: this session's part (the HF ratios and the fp8 agreement were taken there in session 14)
-    LIMIT=$(left) bash benchmarks/gpu_run5.sh loop
+    LIMIT=$(left) bash benchmarks/gpu_run5.sh ${H100_PART:-fp8}
   fi
   ;;
 loop)  # issue 21, session 15: the step that queues the next before reading its numbers (Trainer.launch_step):
@@ -50,5 +51,15 @@ loop)  # issue 21, session 15: the step that queues the next before reading its 
   timeout $(left) python3 benchmarks/profile_step.py --models 1.7B,30B-A3B-8L --mb 1.7B:4,30B-A3B-8L:4 --steps 3 --warmup 3 \
     --out $OUT/prof 2>&1 | grep -v Warning | tail -30
   ;;
-*) echo "usage: bash benchmarks/gpu_run5.sh moe|dense|decode|auto|loop"; exit 2 ;;
+fp8)  # issue 21, session 16: float8 linears, ours against torchtitan's own float8 converter (the same precision),
+      # beside both bf16 rows of the same call; MODELS (default 1.7B) and MB pick the shapes
+  timeout $(left) python3 benchmarks/train_throughput.py --models ${MODELS:-1.7B} --mb ${MB:-1.7B:4,8B:1} \
+    --impls qwen3-trainer-fp8-compile,torchtitan-fp8-compile,qwen3-trainer-bf16-compile,torchtitan-bf16-compile \
+    --budget-s $(($(left) - ${PROFILE_S:-150})) --out $OUT/$D-peers-fp8-$(echo ${MODELS:-1.7B} | tr , -).json 2>&1 \
+    | grep -v Warning | tail -12
+  m=${MODELS:-1.7B}; m=${m%%,*}  # then our float8 row of the first model profiled, in fit's order
+  timeout $(left) python3 benchmarks/profile_step.py --models $m --mb ${MB:-1.7B:4,8B:1} --steps 3 --warmup 3 \
+    --impls qwen3-trainer-fp8-compile --out $OUT/prof 2>&1 | grep -v Warning | tail -30
+  ;;
+*) echo "usage: bash benchmarks/gpu_run5.sh moe|dense|decode|auto|loop|fp8"; exit 2 ;;
 esac

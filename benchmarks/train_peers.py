@@ -43,7 +43,17 @@ IMPLS = {
     "qwen3-trainer-fp8-rowwise-compile": {"compile": True, "dtype": "bfloat16", "float8": "rowwise"},
     "torchtitan-bf16-compile": {"titan": True, "dtype": "bfloat16"},
     "torchtitan-fsdp-mixed-compile": {"titan": True, "dtype": "float32", "fsdp": True},
+    # its float8 converter (torchao tensorwise) over the linears ours converts: the same-precision peer of
+    # qwen3-trainer-fp8-compile
+    "torchtitan-fp8-compile": {"titan": True, "dtype": "bfloat16", "float8": "tensorwise"},
 }
+
+
+def float8_keep_bf16() -> list[str]:
+    """The linears kept in bf16 under float8: TrainConfig's default, for our rows and torchtitan's alike."""
+    from qwen3_trainer.platform.train.config import TrainConfig
+
+    return list(TrainConfig.model_fields["float8_keep_bf16"].default)
 
 
 # our benchmark shapes in torchtitan's model args; its debugmodel cut to 2 layers and untied for CPU smoke
@@ -154,7 +164,7 @@ def build_ours(flavor: str, impl: str, seq: int, mb: int, steps: int, device: st
         "moe": {"balance": knobs.get("balance", "global_batch"), "compile_scope": knobs.get("compile_scope", "block")},
         "float8": bool(knobs.get("float8")),
         "float8_recipe": knobs.get("float8") or "tensorwise",
-        "float8_keep_bf16": knobs.get("float8_keep_bf16", ["output", "router.gate"]),
+        "float8_keep_bf16": knobs.get("float8_keep_bf16", float8_keep_bf16()),
         "dump_dir": "/tmp/qwen3-bench",
     })
     with _trainer_overrides(fsdp=bool(knobs.get("fsdp")), backend=compile_backend):
@@ -277,6 +287,7 @@ def titan_peer(flavor: str, impl: str, seq: int, device: str, backend: str = "in
     from torchtitan.config import TORCH_DTYPE_MAP, JobConfig
     from torchtitan.distributed import ParallelDims
     from torchtitan.distributed import utils as dist_utils
+    from torchtitan.protocols.model_converter import build_model_converters
     from torchtitan.tools import utils
     from torchtitan.train import Trainer
 
@@ -301,6 +312,12 @@ def titan_peer(flavor: str, impl: str, seq: int, device: str, backend: str = "in
     dims.build_mesh()
     with torch.device("meta"), utils.set_default_dtype(TORCH_DTYPE_MAP[jc.training.dtype]):
         model = spec.model_cls(model_args)
+    if knobs.get("float8"):  # its config's converter list, as a run with --model.converters sets it
+        jc.model.converters = ["quantize.linear.float8"]
+        jc.quantize.linear.float8.recipe_name = knobs["float8"]
+        jc.quantize.linear.float8.filter_fqns = float8_keep_bf16()
+    converters = build_model_converters(jc, dims)  # Trainer.__init__: no-op without converters
+    converters.convert(model)
     model = spec.parallelize_fn(model, dims, jc)
     model.to_empty(device=device)
     with torch.no_grad():
@@ -309,6 +326,7 @@ def titan_peer(flavor: str, impl: str, seq: int, device: str, backend: str = "in
     if device == "cpu":  # gloo has no PREMUL_SUM (no-op without FSDP)
         cpu_compat.use_sum_reduction_on_gloo(model)
     optimizers = spec.build_optimizers_fn([model], jc.optimizer, dims)
+    optimizers.register_step_post_hook(lambda *args, **kwargs: converters.post_optimizer_hook([model]))
 
     class StepOnly(Trainer):  # Trainer.train_step / forward_backward_step unchanged, components given
         def __init__(self, **parts):
@@ -335,6 +353,9 @@ def titan_peer(flavor: str, impl: str, seq: int, device: str, backend: str = "in
     layers = f", n_layers={shape['n_layers']}" if "n_layers" in shape else ""
     precision = ("FSDP2 on a 1-GPU mesh (bf16 params, fp32 master weights, fp32 reduce)" if knobs.get("fsdp")
                  else "pure bf16 (training.dtype bfloat16, its single-device autocast)")
+    if knobs.get("float8"):
+        precision += (f", float8 {knobs['float8']} linears (quantize.linear.float8, torchao; "
+                      f"{', '.join(jc.quantize.linear.float8.filter_fqns)} kept bf16)")
     if knobs.get("fsdp") and model_args.enable_weight_tying:
         precision += " (tied weights in two FSDP groups, as 0.2.2 does: FACTS.md)"
     settings = (f"torchtitan 0.2.2 as shipped: qwen3 {name}{layers} model args, parallelize_qwen3 "

@@ -90,6 +90,27 @@ def test_torchtitan_rows_are_torchtitan_as_shipped(tp, impl):
     assert trainer.metrics_processor.log_freq == 10  # the loop steps log at torchtitan's default
 
 
+def test_torchtitan_fp8_row_converts_the_linears_ours_converts(tp, monkeypatch):
+    """torchtitan's float8 row swaps every linear of its model to torchao's Float8Linear except the ones our
+    trainer keeps in bf16 (TrainConfig's ``float8_keep_bf16``), from its own converter and Trainer order, and
+    trains (torch's CPU ``_scaled_mm`` runs the float8 matmuls here)."""
+    import torchtitan.components.quantization.float8 as titan_float8
+    from torchao.float8.float8_linear import Float8Linear
+
+    from qwen3_trainer.platform.train.config import TrainConfig
+
+    monkeypatch.setattr(titan_float8, "has_cuda_capability", lambda *a: True)  # its SM89 gate; CPU stands in
+    peer = tp.build_peer("torchtitan-fp8-compile", "debugmodel", 32, "cpu", backend="eager")
+    keep = TrainConfig.model_fields["float8_keep_bf16"].default
+    linears = {n.replace("._orig_mod", ""): m for n, m in peer.model.named_modules()
+               if isinstance(m, torch.nn.Linear)}
+    fp8 = {n for n, m in linears.items() if isinstance(m, Float8Linear)}
+    assert fp8 == {n for n in linears if not any(k in n for k in keep)}
+    assert "output" in linears and "output" not in fp8 and any(n.endswith("attention.wq") for n in fp8)
+    assert "float8 tensorwise linears" in peer.settings
+    _step_twice(tp, peer)
+
+
 def test_torchtitan_moe_row_steps(tp):
     from torchtitan.models.moe import MoE
 
