@@ -143,14 +143,17 @@ def attention_sweep(report: dict) -> None:
         print(row, flush=True)
 
 
-# inductor options of the engine's step functions, A/B'd by ``--parts options`` (``--options`` picks)
+# DecodeEngine settings A/B'd by ``--parts options`` (``--options`` picks): inductor options of the step
+# functions, and the fp8 KV cache with and without them
 ENGINE_OPTIONS = {
-    "default": None,
-    "combo_kernels": {"combo_kernels": True},  # horizontal fusion of independent kernels
+    "default": {},
+    "combo_kernels": {"inductor_options": {"combo_kernels": True}},  # horizontal fusion of independent kernels
     # the GEMMs at M = 32..256 rows: inductor's Triton templates tuned against cuBLAS (no split-K reduce
     # kernel when a template wins; its epilogue may fuse the next pointwise op)
-    "max_autotune_gemm": {"max_autotune_gemm": True, "max_autotune_gemm_backends": "ATEN,TRITON"},
-    "coordinate_descent": {"coordinate_descent_tuning": True},  # tuned block sizes of the small kernels
+    "max_autotune_gemm": {"inductor_options": {"max_autotune_gemm": True, "max_autotune_gemm_backends": "ATEN,TRITON"}},
+    "coordinate_descent": {"inductor_options": {"coordinate_descent_tuning": True}},  # block sizes of small kernels
+    "fp8_kv": {"kv_dtype": "float8_e4m3fn"},
+    "fp8_kv_combo_kernels": {"kv_dtype": "float8_e4m3fn", "inductor_options": {"combo_kernels": True}},
 }
 
 
@@ -163,9 +166,9 @@ def engine_options(report: dict, names: list[str]) -> None:
     out = report.setdefault("engine_options", [])
     for batch in (32, 256):
         prompts = prompts_of(batch, 128)
-        for name, opts in ((n, ENGINE_OPTIONS[n]) for n in names):
+        for name, kwargs in ((n, ENGINE_OPTIONS[n]) for n in names):
             try:
-                engine = DecodeEngine(model, inductor_options=opts)
+                engine = DecodeEngine(model, **kwargs)
                 t = time.time()
                 pre, tot = time_ours(model, prompts, 128, 2, engine)
                 row = {**_row("0.6B", name, batch, 128, 128, pre, tot, model), "wall_s": round(time.time() - t, 1),

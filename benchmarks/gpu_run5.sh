@@ -61,5 +61,9 @@ fp8)  # issue 21, session 16: float8 linears, ours against torchtitan's own floa
   timeout $(left) python3 benchmarks/profile_step.py --models $m --mb ${MB:-1.7B:4,8B:1} --steps 3 --warmup 3 \
     --impls qwen3-trainer-fp8-compile --out $OUT/prof 2>&1 | grep -v Warning | tail -30
   ;;
-*) echo "usage: bash benchmarks/gpu_run5.sh moe|dense|decode|auto|loop|fp8"; exit 2 ;;
+decode_opts)  # issue 19, session 16: the fp8 KV cache with and without inductor's combo kernels, b32 / b256
+  timeout $(left) python3 benchmarks/decode_diag.py --parts options \
+    --options default,fp8_kv,combo_kernels,fp8_kv_combo_kernels --out $OUT/$D-decode-options.json 2>&1 | grep -v Warning
+  ;;
+*) echo "usage: bash benchmarks/gpu_run5.sh moe|dense|decode|auto|loop|fp8|decode_opts"; exit 2 ;;
 esac
