@@ -26,9 +26,11 @@ COPY model ./model
 COPY platform ./platform
 COPY workflows ./workflows
 COPY cli ./cli
+COPY recipe ./recipe
+# the float8 extra (torchao): `float8: true` runs in this image
 RUN echo "torch==${TORCH_VERSION}" > /tmp/torch-constraint.txt \
- && pip install -c /tmp/torch-constraint.txt . \
- && python -c "import torch, qwen3_trainer.model; assert torch.__version__.startswith('${TORCH_VERSION}')" \
+ && pip install -c /tmp/torch-constraint.txt ".[float8]" \
+ && python -c "import torch, torchao, qwen3_trainer.model, qwen3_trainer.workflows.flows; assert torch.__version__.startswith('${TORCH_VERSION}')" \
  && qtrain --help > /dev/null
 # The chart's pods run as uid 10001 with a read-only root filesystem; HOME and caches live on /tmp.
 RUN useradd --uid 10001 --gid 0 --home-dir /tmp --no-create-home --shell /usr/sbin/nologin qwen3
