@@ -41,8 +41,8 @@ def test_trainer_stage_is_cuda_torch_2_11_plus_the_package():
 
 def test_what_the_trainer_stage_copies_installs_and_runs(tmp_path):
     """The trainer stage's COPY lines, copied as Docker would, make a package (not an editable one) whose
-    CLI, recipe presets and pipeline flows import and run: a folder or data file left out of the image
-    fails here, not on a cluster."""
+    CLI, recipe presets and Prefect deployment entrypoints import and run: a folder or data file left out
+    of the image fails here, not on a cluster."""
     trainer = _stages()["trainer"]
     src = tmp_path / "src"
     src.mkdir()
@@ -72,6 +72,18 @@ def test_what_the_trainer_stage_copies_installs_and_runs(tmp_path):
     assert shown.returncode == 0, shown.stderr[-2000:]
     spec = json.loads(shown.stdout)
     assert spec["stage"] == "T2" and spec["training"]["steps"] > 0
+    # every Prefect deployment's entrypoint loads from the image's source tree (prefect.yaml's pull step
+    # sets the working directory to the trainer stage's WORKDIR, where the COPYs put it)
+    prefect = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    workdir = re.search(r"^WORKDIR (\S+)", trainer, re.M)[1]  # the first: where the COPYs land
+    assert prefect["pull"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == workdir
+    entrypoints = sorted({d["entrypoint"] for d in prefect["deployments"]})
+    load = ("import sys; from prefect.flows import load_flow_from_entrypoint as load; "
+            "print([load(e).name for e in sys.argv[1:]])")
+    flows = subprocess.run([sys.executable, "-c", load, *entrypoints], env=env, cwd=src, capture_output=True,
+                           text=True, timeout=300)
+    assert flows.returncode == 0, flows.stderr[-2000:]
+    assert len(entrypoints) > 1 and "qwen3-pipeline" in flows.stdout
 
 
 def test_every_stage_runs_as_the_charts_uid():
