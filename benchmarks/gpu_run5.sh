@@ -31,14 +31,14 @@ decode)  # issue 19: the fp8 KV cache beside the default engine at 0.6B b32 / b2
     --out $OUT/$D-decode-options.json 2>&1 | grep -v Warning
   ;;
 auto)  # one call on whichever card comes: the H200 tables of issues 19 and 21 (decode with the fp8 rows, then the
-       # 1.7B peers), or on an H100 the `loop` part below
+       # 1.7B peers with the float8 rows), or on an H100 the part H100_PART names (default: `fp8` below)
   if [[ $D == *h200 ]]; then  # the tables of record; the loop columns come with the peers rows
     timeout $(left) python3 benchmarks/decode_throughput.py --suite h200 --out $OUT/$D-decode.json 2>&1 \
       | grep -v Warning | tail -25
     timeout $(left) python3 benchmarks/train_throughput.py --peers --models 1.7B --mb 1.7B:4 \
       --impls qwen3-trainer-bf16-compile,torchtitan-bf16-compile,hf-compile,qwen3-trainer-fp8-compile,torchtitan-fp8-compile \
       --budget-s $(($(left) - 25)) --out $OUT/$D-peers-1.7B.json 2>&1 | grep -v Warning | tail -25
-  else  # on an H100: this session's part (the HF ratios and the fp8 agreement were taken there in session 14)
+  else  # on an H100 (the HF ratios and the fp8 KV agreement were taken there in session 14)
     LIMIT=$(left) bash benchmarks/gpu_run5.sh ${H100_PART:-fp8}
   fi
   ;;
@@ -63,7 +63,7 @@ fp8)  # issue 21, session 16: float8 linears, ours against torchtitan's own floa
   ;;
 decode_opts)  # issue 19, session 16: the fp8 KV cache with and without inductor's combo kernels, b32 / b256
   timeout $(left) python3 benchmarks/decode_diag.py --parts options \
-    --options default,fp8_kv,combo_kernels,fp8_kv_combo_kernels --out $OUT/$D-decode-options.json 2>&1 | grep -v Warning
+    --options default,fp8_kv,combo_kernels,fp8_kv_combo_kernels --out $OUT/$D-decode-options-fp8kv.json 2>&1 | grep -v Warning
   ;;
 *) echo "usage: bash benchmarks/gpu_run5.sh moe|dense|decode|auto|loop|fp8|decode_opts"; exit 2 ;;
 esac

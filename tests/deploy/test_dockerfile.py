@@ -1,6 +1,7 @@
-"""Static checks of the Dockerfile (no Docker engine here to build it): the trainer stage is the
-CUDA torch 2.11 image plus this package (every folder pyproject maps to a subpackage), every stage runs as the non-root uid the chart expects, and
-the chart's default images name these build targets."""
+"""Checks of the Dockerfile without a Docker engine (none here to build it): the trainer stage is the
+CUDA torch 2.11 image plus this package (every folder pyproject maps to a subpackage, installed from
+what the stage copies), every stage runs as the non-root uid the chart expects, and the chart's default
+images name these build targets."""
 
 from __future__ import annotations
 
